@@ -1,0 +1,43 @@
+"""segbench: a plugin-based benchmark harness for segmentation and weakly supervised localization.
+
+The public API. Importing ``segbench`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from segbench.api import (
+    create_dataset,
+    create_method,
+    create_metric,
+    list_datasets,
+    list_methods,
+    list_metrics,
+)
+from segbench.errors import ConfigError, DataError, SegbenchError, UnknownNameError
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, Recipe
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("segbench")
+"""Marker for plugin hook implementations: ``@segbench.hookimpl``."""
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DatasetSpec",
+    "MethodSpec",
+    "MetricSpec",
+    "Recipe",
+    "SegbenchError",
+    "UnknownNameError",
+    "__version__",
+    "create_dataset",
+    "create_method",
+    "create_metric",
+    "hookimpl",
+    "list_datasets",
+    "list_methods",
+    "list_metrics",
+]

@@ -1,0 +1,239 @@
+"""The ``segbench`` command line (click). Heavy imports happen inside commands, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segbench.errors import SegbenchError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="segbench")
+def cli() -> None:
+    """Benchmark segmentation and weakly supervised localization methods."""
+
+
+# -- list ----------------------------------------------------------------------
+@cli.command("list")
+@click.argument("what", type=click.Choice(["methods", "datasets", "metrics", "plugins", "all"]), default="all")
+def list_command(what: str) -> None:
+    """List registered methods, datasets, metrics or plugins (broken ones with their error)."""
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    sections = ["methods", "datasets", "metrics", "plugins"] if what == "all" else [what]
+    for section in sections:
+        if len(sections) > 1:
+            click.secho(f"{section}:", bold=True)
+        if section == "methods":
+            for name, spec in sorted(registry.methods.items()):
+                outputs = ",".join(sorted(spec.outputs))
+                click.echo(f"  {name:<16} {spec.supervision:<8} {outputs:<24} [{spec.plugin}] {spec.description}")
+        elif section == "datasets":
+            for name, spec in sorted(registry.datasets.items()):
+                annotations = ",".join(sorted(spec.annotations))
+                click.echo(f"  {name:<16} {len(spec.classes):>3} classes  {annotations:<30} [{spec.plugin}]")
+        elif section == "metrics":
+            for name, spec in sorted(registry.metrics.items()):
+                click.echo(f"  {name:<16} {spec.description}")
+        else:
+            for info in sorted(registry.plugins.values(), key=lambda p: (p.builtin is False, p.name)):
+                state = "ok" if info.ok else f"BROKEN: {info.error}"
+                version = f" {info.version}" if info.version else ""
+                click.echo(f"  {info.name}{version} ({info.module}): {state}")
+
+
+# -- run -----------------------------------------------------------------------
+def _run_options(func):
+    options = [
+        click.option("--method", "-m", required=True, help="Method name (segbench list methods)."),
+        click.option("--dataset", "-d", default="shapes", show_default=True, help="Dataset name."),
+        click.option("--recipe", "-r", default="quick", show_default=True, help="quick | bench | paper | ..."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a recipe field (train, model, data or metric option)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--split", default=None, help="Evaluation split (default: the dataset's)."),
+        click.option("--root", default=None, type=click.Path(file_okay=False), help="Dataset root directory."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]"),
+        click.option("--amp", default=None, type=click.Choice(["bf16", "fp16", "off"]),
+                     help="Mixed precision on CUDA (recipe field amp)."),
+        click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="Local pretrained backbone weights (.pth or .safetensors)."),
+        click.option("--metrics", default=None, help="Comma-separated metrics (default: every applicable one)."),
+        click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
+                     help="Where records go (default $SEGBENCH_RUNS_DIR or ./runs)."),
+        click.option("--force", is_flag=True, help="Run again even when an identical finished run exists."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command("run")
+@_run_options
+def run_command(method, dataset, recipe, overrides, seed, split, root, device, amp, weights, metrics,
+                runs_dir, force, quiet) -> None:
+    """Train METHOD on DATASET with a recipe, evaluate it and write a run record."""
+    from segbench.engine.config import parse_overrides
+
+    values = parse_overrides(overrides)
+    if amp is not None:
+        values["amp"] = amp
+    if weights is not None:
+        values["model.weights"] = weights
+    from segbench.engine.run import run_experiment
+
+    outcome = run_experiment(
+        method, dataset, recipe=recipe, overrides=values, seed=seed, split=split, root=root, device=device,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+        runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True),
+    )
+    record = outcome.record
+    if outcome.reused:
+        click.echo(f"identical run already finished: {outcome.path} (use --force to run it again)")
+    _print_metrics(record)
+    click.echo(f"record: {outcome.path}")
+
+
+def _print_metrics(record: dict) -> None:
+    metrics = record.get("metrics", {})
+    title = f"{record['method']} ({record['recipe']}) on {record['dataset']}/{record['split']}, seed {record['seed']}"
+    click.echo(title)
+    width = max((len(k) for k in metrics), default=6)
+    for key in sorted(metrics):
+        click.echo(f"  {key:<{width}}  {100 * metrics[key]:6.2f} %")
+    timings = record.get("timings", {})
+    if timings:
+        click.echo(f"  time: {timings.get('total_s', 0):.1f} s (train {timings.get('train_s', 0):.1f} s, "
+                   f"eval {timings.get('eval_s', 0):.1f} s)")
+
+
+# -- eval ----------------------------------------------------------------------
+@cli.command("eval")
+@click.argument("run_id")
+@click.option("--dataset", "-d", default=None, help="Dataset (default: the run's).")
+@click.option("--split", default=None, help="Split (default: the run's).")
+@click.option("--root", default=None, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True)
+def eval_command(run_id, dataset, split, root, device, runs_dir, quiet) -> None:
+    """Evaluate a finished run's weights on a dataset and split."""
+    from segbench.engine.reeval import evaluate_run
+
+    record = evaluate_run(run_id, dataset=dataset, split=split, root=root, device=device, runs=runs_dir,
+                          progress=not quiet)
+    _print_metrics(record)
+
+
+# -- leaderboard ---------------------------------------------------------------
+@cli.command("leaderboard")
+@click.option("--metric", default="auto", show_default=True, help="Metric key shown in the cells.")
+@click.option("--by", type=click.Choice(["datasets", "metrics"]), default="datasets", show_default=True)
+@click.option("--dataset", default=None, help="With --by metrics: the dataset.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to FILE.")
+@click.option("--published", is_flag=True, help="Add the papers' numbers beside the reproduced ones.")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def leaderboard_command(metric, by, dataset, fmt, output, published, runs_dir, force) -> None:
+    """Tables of finished runs: methods x datasets (or x metrics), mean ± std over seeds."""
+    from segbench.engine.run import runs_dir as default_runs
+    from segbench.results.leaderboard import leaderboard, write_leaderboard
+
+    kwargs = dict(metric=metric, by=by, fmt=fmt, published=published)
+    if dataset:
+        kwargs["dataset"] = dataset
+    if output:
+        path = write_leaderboard(default_runs(runs_dir), Path(output), overwrite=force, **kwargs)
+        click.echo(f"wrote {path}")
+    else:
+        click.echo(leaderboard(default_runs(runs_dir), **kwargs))
+
+
+# -- data ----------------------------------------------------------------------
+@cli.group("data")
+def data_group() -> None:
+    """Dataset tools: export, check."""
+
+
+@data_group.command("export")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["voc", "coco"]), required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default=None, help="Split to export (default: the dataset's evaluation split).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dataset options.")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+def data_export(name, fmt, out, split, overrides, force) -> None:
+    """Write dataset NAME in the VOC or COCO on-disk layout."""
+    from segbench.api import create_dataset
+    from segbench.data.export import export_coco, export_voc
+    from segbench.engine.config import parse_overrides
+    from segbench.plugins import get_registry
+
+    spec = get_registry().dataset(name)
+    split = split or spec.eval_split
+    dataset = create_dataset(name, split, **parse_overrides(overrides))
+    writer = export_voc if fmt == "voc" else export_coco
+    paths = writer(dataset, out, split, class_names=spec.classes, overwrite=force)
+    click.echo(f"wrote {len(paths)} files under {out}")
+
+
+# -- check ---------------------------------------------------------------------
+@cli.command("check")
+@click.argument("method")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Method options for the check.")
+def check_command(method, overrides) -> None:
+    """Run the conformance checks on METHOD (outputs, loss, gradients, learning, determinism)."""
+    from segbench.engine.config import parse_overrides
+    from segbench.testing import run_checks
+
+    failures = 0
+    for name, error in run_checks(method, **parse_overrides(overrides)):
+        if error is None:
+            click.echo(f"  PASS  {name}")
+        else:
+            failures += 1
+            click.echo(f"  FAIL  {name}: {error}")
+    if failures:
+        raise SystemExit(1)
+    click.echo(f"{method}: all checks passed")
+
+
+def _add_plugin_commands() -> None:
+    from segbench.plugins import get_registry
+
+    try:
+        get_registry().pm.hook.register_commands(cli=cli)
+    except Exception as exc:  # noqa: BLE001 - a plugin's command must not break the CLI
+        click.echo(f"warning: a plugin failed to add commands: {exc}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    _add_plugin_commands()
+    try:
+        cli.main(args=argv, prog_name="segbench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SegbenchError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

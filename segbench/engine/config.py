@@ -1,0 +1,193 @@
+"""Training settings, recipes and ``--set key=value`` overrides resolved into one config.
+
+The resolved config has four sections: ``train`` (:class:`TrainConfig`),
+``model`` (the method's options), ``data`` (the dataset's options) and
+``metrics`` (per-metric options). ``--set key=value`` finds the one section
+that has ``key``; ``--set section.key=value`` (``model.``, ``data.``,
+``train.``, ``metrics.NAME.``) says it outright when a key is ambiguous.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from segbench.errors import ConfigError, UnknownNameError
+from segbench.plugins import unknown_name_message
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
+
+
+@dataclass
+class TrainConfig:
+    """How a method is trained and evaluated; recipes override these defaults."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    head_lr_mult: float = 1.0  # learning rate of non-backbone parameters, relative to lr
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # poly | cosine | constant
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    hflip: bool = True  # random horizontal flip in training
+    crop_size: int = 0  # random crop (padded with void) to this size; 0 = keep the image size
+    scale_min: float = 1.0  # random scale range before the crop
+    scale_max: float = 1.0
+    eval_size: int = 0  # resize evaluation images to this square size; 0 = original size
+    amp: str = "off"  # bf16 | fp16 | off (CUDA only; recorded)
+    channels_last: bool = False
+    workers: int = 0
+    deterministic: bool = True
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 50
+
+    def validate(self) -> None:
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "constant"),
+                   "amp": ("bf16", "fp16", "off")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        for key in ("steps", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@dataclass
+class ResolvedConfig:
+    """Everything that decides a run's numbers, after recipe and overrides."""
+
+    method: str
+    dataset: str
+    recipe: str
+    train: TrainConfig
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "dataset": self.dataset,
+            "recipe": self.recipe,
+            "train": dataclasses.asdict(self.train),
+            "model": dict(self.model),
+            "data": dict(self.data),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+        }
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lr=0.1", "backbone=resnet18"]`` -> ``{"lr": 0.1, "backbone": "resnet18"}``."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        parsed[key.strip()] = parse_value(value.strip())
+    return parsed
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: Python literal when it parses (``3``, ``0.1``, ``[1,2]``), true/false/none, else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "yes"):
+        return True
+    if lowered in ("false", "no"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def resolve_config(
+    method: MethodSpec,
+    dataset: DatasetSpec,
+    metrics: Mapping[str, MetricSpec],
+    recipe: str = "quick",
+    overrides: Mapping[str, Any] | None = None,
+) -> ResolvedConfig:
+    """Defaults, then the recipe, then the dataset's metric defaults, then ``overrides``."""
+    if recipe not in method.recipes:
+        raise UnknownNameError(unknown_name_message(f"recipe of method '{method.name}'", recipe, method.recipes))
+    chosen = method.recipes[recipe]
+    train = {**dataclasses.asdict(TrainConfig()), **chosen.train}
+    bad_train = set(chosen.train) - set(TRAIN_KEYS)
+    if bad_train:
+        raise ConfigError(f"recipe '{method.name}:{recipe}' sets unknown train keys {sorted(bad_train)}")
+    model = {**method.options, **chosen.model}
+    data = {**dataset.options, **{k: v for k, v in chosen.data.items() if k in dataset.options}}
+    metric_options = {
+        name: {**spec.options, **dataset.metric_defaults.get(name, {})} for name, spec in metrics.items()
+    }
+    sections: dict[str, dict[str, Any]] = {"train": train, "model": model, "data": data}
+    for key, value in (overrides or {}).items():
+        _apply(key, value, sections, metric_options)
+    config = ResolvedConfig(
+        method=method.name, dataset=dataset.name, recipe=recipe,
+        train=TrainConfig(**train), model=model, data=data, metrics=metric_options,
+    )
+    config.train.validate()
+    return config
+
+
+def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict]) -> None:
+    head, _, rest = key.partition(".")
+    if rest and head in sections:
+        if rest not in sections[head]:
+            raise ConfigError(_unknown_key(key, sections, metric_options))
+        sections[head][rest] = _coerce(sections[head][rest], value, key)
+        return
+    if rest and head == "metrics":
+        name, _, option = rest.partition(".")
+        if name not in metric_options or option not in metric_options[name]:
+            raise ConfigError(_unknown_key(key, sections, metric_options))
+        metric_options[name][option] = value
+        return
+    owners = [name for name, section in sections.items() if key in section]
+    metric_owners = [name for name, opts in metric_options.items() if key in opts and key != "num_classes"]
+    if len(owners) + (1 if metric_owners else 0) > 1:
+        places = [f"{o}.{key}" for o in owners] + [f"metrics.{m}.{key}" for m in metric_owners]
+        raise ConfigError(f"--set {key} is ambiguous; say one of {', '.join(places)}")
+    if owners:
+        section = sections[owners[0]]
+        section[key] = _coerce(section[key], value, key)
+    elif metric_owners:
+        for name in metric_owners:  # e.g. tolerance, variant: every metric that has it
+            metric_options[name][key] = value
+    else:
+        raise ConfigError(_unknown_key(key, sections, metric_options))
+
+
+def _coerce(default: Any, value: Any, key: str) -> Any:
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"--set {key} expects true or false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ConfigError(f"--set {key} expects an integer, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, sections: dict[str, dict], metric_options: dict[str, dict]) -> str:
+    valid = sorted({k for s in sections.values() for k in s} | {k for o in metric_options.values() for k in o})
+    import difflib
+
+    close = difflib.get_close_matches(key.rpartition(".")[2], valid, n=3, cutoff=0.5)
+    hint = f" did you mean {', '.join(close)}?" if close else ""
+    return f"unknown --set key '{key}';{hint} valid keys: {', '.join(valid)}"

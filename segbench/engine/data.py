@@ -1,0 +1,156 @@
+"""From dataset samples to model batches: transforms v2, loaders, normalisation."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from segbench.engine.seeding import worker_seed
+from segbench.errors import ConfigError
+
+
+class TrainView:
+    """A dataset view for training: keeps the target keys the method learns from, then applies ``transform``.
+
+    Dropping unused annotations first keeps per-sample transform cost low.
+    """
+
+    def __init__(self, dataset, keys: frozenset[str], transform=None) -> None:
+        self.dataset = dataset
+        self.keys = set(keys) | {"labels"}
+        if "boxes" in self.keys or "masks" in self.keys:
+            self.keys |= {"boxes", "classes", "masks", "iscrowd"}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        target = {k: v for k, v in sample["target"].items() if k in self.keys}
+        image = sample["image"]
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return {"image": image, "target": target, "meta": sample["meta"]}
+
+
+def train_transform(train_config) -> Any:
+    """Random horizontal flip, then optional random scale and crop (image, mask and boxes move together)."""
+    from torchvision.transforms import v2
+
+    steps = []
+    if train_config.hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if train_config.scale_min != 1.0 or train_config.scale_max != 1.0:
+        steps.append(v2.ScaleJitter(target_size=(train_config.crop_size or 512,) * 2,
+                                    scale_range=(train_config.scale_min, train_config.scale_max)))
+    if train_config.crop_size:
+        size = train_config.crop_size
+        steps.append(v2.RandomCrop(size, pad_if_needed=True, fill={"others": 0, _mask_type(): 255}))
+        steps.append(v2.SanitizeBoundingBoxes(labels_getter=_classes_getter, min_size=1))
+    return v2.Compose(steps) if steps else None
+
+
+def _mask_type():
+    from torchvision import tv_tensors
+
+    return tv_tensors.Mask
+
+
+def _classes_getter(inputs):
+    target = inputs[1] if isinstance(inputs, tuple) and len(inputs) > 1 else {}
+    keys = [k for k in ("classes", "masks", "iscrowd") if k in target]
+    return tuple(target[k] for k in keys) if keys else None
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Keep samples as lists; images are stacked later by size."""
+    return {
+        "images": [s["image"] for s in samples],
+        "targets": [s["target"] for s in samples],
+        "metas": [s["meta"] for s in samples],
+    }
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0,
+                drop_last: bool = False, sampler=None):
+    """A DataLoader with a seeded generator so the data order is part of the run's identity."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=worker_seed,
+        persistent_workers=workers > 0,
+    )
+
+
+def infinite(loader) -> Iterator[dict]:
+    """Cycle through a loader forever, one epoch after another (each epoch reshuffled)."""
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+class Normalizer:
+    """uint8 ``[3,H,W]`` images -> a normalised float batch ``[B,3,H,W]`` on ``device``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device, channels_last: bool = False) -> None:
+        import torch
+
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self.device = device
+        self.channels_last = channels_last
+
+    def __call__(self, images: Sequence[Any]):
+        import torch
+
+        sizes = {tuple(img.shape[-2:]) for img in images}
+        if len(sizes) > 1:
+            raise ConfigError(
+                f"images in a training batch differ in size ({sorted(sizes)[:3]}...); "
+                f"set a crop size with --set crop_size=N"
+            )
+        batch = torch.stack([img.as_subclass(torch.Tensor) for img in images]).to(self.device, non_blocking=True)
+        batch = (batch.float() - self.mean) / self.std
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def targets_to(targets: list[dict], device) -> list[dict]:
+    """Move target tensors to ``device`` as plain tensors."""
+    import torch
+
+    moved = []
+    for target in targets:
+        moved.append({
+            k: (v.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in target.items()
+        })
+    return moved
+
+
+def group_by_size(images: Sequence[Any]) -> list[list[int]]:
+    """Indices of consecutive images that share a size, so each group stacks into one batch."""
+    groups: list[list[int]] = []
+    last = None
+    for i, img in enumerate(images):
+        size = tuple(img.shape[-2:])
+        if size != last:
+            groups.append([])
+            last = size
+        groups[-1].append(i)
+    return groups

@@ -1,0 +1,103 @@
+"""Evaluation: predict, resize every prediction back to the original image size, update metrics, forget the batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from segbench.engine.data import Normalizer, group_by_size, targets_to
+from segbench.engine.device import autocast
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+    images: int = 0
+    seconds: float = 0.0
+    labels: Any = None  # [N, C] image-level labels seen, for the class-prior baseline
+
+
+def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int]) -> dict:
+    """``score_maps`` bilinearly and ``mask`` (nearest) to ``size`` = (H, W); the rest unchanged, on the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    out: dict[str, Any] = {}
+    for key, value in prediction.items():
+        if key == "score_maps":
+            value = value.float()
+            if tuple(value.shape[-2:]) != tuple(size):
+                value = F.interpolate(value[None], size=size, mode="bilinear", align_corners=False)[0]
+        elif key == "mask":
+            if tuple(value.shape[-2:]) != tuple(size):
+                value = F.interpolate(value[None, None].float(), size=size, mode="nearest")[0, 0]
+            value = value.long()
+        elif key == "instances":
+            value = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu() if key != "mask" else value.detach().cpu()
+        out[key] = value
+    return out
+
+
+def _resize_images(images, eval_size: int):
+    from torchvision.transforms.v2 import functional as TF
+
+    if not eval_size:
+        return images
+    return [TF.resize(img, [eval_size, eval_size], antialias=True) for img in images]
+
+
+def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, amp: str = "off",
+             eval_size: int = 0, channels_last: bool = False, progress: bool = True) -> EvalResult:
+    """Run ``model.predict`` over ``loader`` and return every metric's ``compute()`` (keys prefixed when needed)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    for metric in metrics.values():
+        metric.reset()
+    normalize = Normalizer(mean, std, device, channels_last)
+    count, start, labels = 0, time.perf_counter(), []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
+            images = _resize_images(batch["images"], eval_size)
+            predictions: list[dict] = [None] * len(images)  # type: ignore[list-item]
+            for group in group_by_size(images):
+                inputs = normalize([images[i] for i in group])
+                with autocast(device, amp):
+                    outputs = model.predict(inputs)
+                for i, output in zip(group, outputs):
+                    orig = tuple(batch["metas"][i]["orig_size"])
+                    predictions[i] = resize_prediction(output, orig)
+            targets = targets_to(batch["targets"], torch.device("cpu"))
+            for metric in metrics.values():
+                metric.update(predictions, targets)
+            labels.extend(t["labels"] for t in targets)
+            count += len(images)
+    result = collect(metrics, count, time.perf_counter() - start)
+    result.labels = torch.stack(labels) if labels else None
+    return result
+
+
+def collect(metrics: Mapping[str, Any], images: int, seconds: float) -> EvalResult:
+    """Compute every metric: ``{name: value}`` plus per-class lists, keyed ``metric`` or ``metric/key``."""
+    values: dict[str, float] = {}
+    per_class: dict[str, list[float]] = {}
+    for name, metric in metrics.items():
+        for key, value in metric.compute().items():
+            values[_key(name, key)] = float(value)
+        if hasattr(metric, "per_class"):
+            for key, row in metric.per_class().items():
+                per_class[_key(name, key)] = [float(v) for v in row]
+    return EvalResult(values, per_class, images, seconds)
+
+
+def _key(metric_name: str, key: str) -> str:
+    base = metric_name.split("@")[0]
+    if key == base:
+        return metric_name
+    suffix = metric_name[len(base):]
+    return f"{key}{suffix}"

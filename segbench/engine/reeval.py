@@ -1,0 +1,60 @@
+"""Evaluate a finished run's weights again, on its own or another dataset and split."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from segbench.errors import ConfigError, DataError
+
+
+def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
+                 device: str = "auto", runs: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rebuild the run's method from its record, load its weights and evaluate; returns a record-like dict."""
+    from segbench.api import create_dataset
+    from segbench.engine.checkpoint import load_weights
+    from segbench.engine.config import resolve_config
+    from segbench.engine.device import resolve_device
+    from segbench.engine.evaluate import evaluate
+    from segbench.engine.data import make_loader
+    from segbench.engine.run import applicable_metrics, metric_objects, runs_dir
+    from segbench.plugins import get_registry
+    from segbench.results.store import RunStore
+
+    store = RunStore(runs_dir(runs))
+    record = store.get(run_id)
+    if record is None:
+        raise ConfigError(f"no run '{run_id}' in {store.root}")
+    if record.get("status") != "finished" or not record.get("weights"):
+        raise ConfigError(f"run '{run_id}' has status {record.get('status')!r} and no weights to evaluate")
+    registry = get_registry()
+    method_spec = registry.method(record["method"])
+    dataset_spec = registry.dataset(dataset or record["dataset"])
+    if dataset_spec.num_classes != len(record.get("class_names", [])):
+        raise ConfigError(
+            f"run '{run_id}' predicts {len(record.get('class_names', []))} classes; dataset "
+            f"'{dataset_spec.name}' has {dataset_spec.num_classes}"
+        )
+    split = split or (record["split"] if dataset is None else dataset_spec.eval_split)
+    specs = applicable_metrics(method_spec, dataset_spec, registry)
+    config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {})
+    config.model.update(record["config"]["model"])
+    for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
+        if key in config.model:
+            config.model[key] = value
+    if dataset is None:
+        config.data.update(record["config"]["data"])
+    torch_device = resolve_device(device)
+    model = method_spec.build(dataset_spec.num_classes, **config.model)
+    weights = store.path_for(run_id).parent / record["weights"]
+    if not weights.is_file():
+        raise DataError(f"{weights}: weights of run '{run_id}' are missing")
+    load_weights(model, weights)
+    model.to(torch_device)
+    eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
+    train = record["config"]["train"]
+    loader = make_loader(eval_set, train.get("eval_batch_size", 16), shuffle=False, seed=0)
+    result = evaluate(model, loader, metric_objects(specs, config, dataset_spec), torch_device,
+                      dataset_spec.mean, dataset_spec.std, eval_size=train.get("eval_size", 0), progress=progress)
+    return {**record, "dataset": dataset_spec.name, "split": split, "metrics": result.metrics,
+            "timings": {"total_s": result.seconds, "eval_s": result.seconds}}

@@ -1,0 +1,261 @@
+"""One run: resolve the config, train, evaluate, write the record. The CLI's ``run`` is a thin layer on this."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from segbench.engine.config import ResolvedConfig, resolve_config
+from segbench.errors import ConfigError, RunFailed
+from segbench.plugins import Registry, get_registry
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+@dataclass
+class RunContext:
+    """What hooks see of a run (``run_started`` / ``run_finished``)."""
+
+    run_id: str
+    config_id: str
+    method: str
+    dataset: str
+    split: str
+    recipe: str
+    seed: int
+    config: dict
+    record_path: Path
+    weights_path: Path
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    """What ``run_experiment`` returns: the record, where it lives, and whether it was reused."""
+
+    record: dict
+    path: Path
+    reused: bool = False
+
+
+def runs_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$SEGBENCH_RUNS_DIR``, else ``./runs``."""
+    return Path(path or os.environ.get("SEGBENCH_RUNS_DIR") or DEFAULT_RUNS_DIR)
+
+
+def applicable_metrics(method: MethodSpec, dataset: DatasetSpec, registry: Registry,
+                       requested: Sequence[str] | None = None) -> dict[str, MetricSpec]:
+    """Every metric the method's outputs and the dataset's annotations allow, or the ``requested`` ones (checked)."""
+    if requested:
+        chosen = {}
+        for name in requested:
+            spec = registry.metric(name)
+            if not spec.applies(method.outputs, dataset.annotations):
+                raise ConfigError(
+                    f"metric '{name}' needs outputs {sorted(spec.requires_outputs)} and annotations "
+                    f"{sorted(spec.requires_annotations)}; method '{method.name}' gives {sorted(method.outputs)}, "
+                    f"dataset '{dataset.name}' has {sorted(dataset.annotations)}"
+                )
+            chosen[name] = spec
+        return chosen
+    return {n: s for n, s in sorted(registry.metrics.items()) if s.applies(method.outputs, dataset.annotations)}
+
+
+def check_pairing(method: MethodSpec, dataset: DatasetSpec) -> None:
+    """Fail before training when the dataset lacks the annotations the method learns from."""
+    missing = method.requires_annotations - dataset.annotations
+    if missing:
+        raise ConfigError(
+            f"method '{method.name}' learns from {method.supervision}-level annotations "
+            f"({', '.join(sorted(method.requires_annotations))}) but dataset '{dataset.name}' has only "
+            f"{', '.join(sorted(dataset.annotations))}"
+        )
+
+
+def dataset_identity(dataset: Any, spec: DatasetSpec, split: str, options: Mapping[str, Any]) -> dict:
+    """Name, split, size and a fingerprint: the dataset's own ``fingerprint()`` when it has one."""
+    if hasattr(dataset, "fingerprint"):
+        fingerprint = str(dataset.fingerprint())
+    else:
+        blob = json.dumps({"name": spec.name, "split": split, "options": options, "n": len(dataset)},
+                          sort_keys=True, default=str)
+        fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return {"name": spec.name, "split": split, "fingerprint": fingerprint, "num_images": len(dataset)}
+
+
+def metric_objects(specs: Mapping[str, MetricSpec], config: ResolvedConfig, dataset: DatasetSpec) -> dict[str, Any]:
+    """Build each metric with its resolved options, plus the baselines reported beside it."""
+    objects: dict[str, Any] = {}
+    for name, spec in specs.items():
+        options = dict(config.metrics.get(name, {}))
+        options.update(_dataset_fill(spec, dataset))
+        objects[name] = spec.build(**options)
+        if name == "loc_map" and "point" in spec.options:
+            objects["loc_map@centre"] = spec.build(**{**options, "point": "centre"})
+    return objects
+
+
+def _dataset_fill(spec: MetricSpec, dataset: DatasetSpec) -> dict:
+    fill = {}
+    if "num_classes" in spec.options:
+        fill["num_classes"] = dataset.num_classes
+    if "background" in spec.options and spec.name != "miou":
+        fill["background"] = dataset.background
+    return fill
+
+
+def class_prior_baseline(labels, background: int | None) -> float:
+    """cls_map of a constant score per class (the class prior): all scores tie, so each AP is the positive rate."""
+    labels = labels.clone().float()
+    if background is not None:
+        labels[:, background] = 0
+    positives = labels.sum(0)
+    present = positives > 0
+    if not present.any():
+        return float("nan")
+    return float((positives[present] / labels.shape[0]).mean())
+
+
+def run_experiment(
+    method: str,
+    dataset: str,
+    *,
+    recipe: str = "quick",
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    split: str | None = None,
+    root: str | None = None,
+    device: str = "auto",
+    metrics: Sequence[str] | None = None,
+    runs: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = lambda message: None,
+) -> RunOutcome:
+    """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record."""
+    from segbench.results.record import SCHEMA_VERSION, environment_info, make_config_id, make_run_id
+    from segbench.results.store import RunStore
+
+    registry = get_registry()
+    method_spec = registry.method(method)
+    dataset_spec = registry.dataset(dataset)
+    split = split or dataset_spec.eval_split
+    if split not in dataset_spec.splits:
+        raise ConfigError(f"dataset '{dataset}' has no split '{split}'; splits: {', '.join(dataset_spec.splits)}")
+    check_pairing(method_spec, dataset_spec)
+    metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics)
+    config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides)
+    store = RunStore(runs_dir(runs))
+    store.ensure_writable()
+
+    import torch
+
+    from segbench.api import create_dataset
+    from segbench.engine.checkpoint import save_weights
+    from segbench.engine.data import TrainView, make_loader, train_transform
+    from segbench.engine.device import amp_in_effect, device_name, resolve_device
+    from segbench.engine.evaluate import evaluate
+    from segbench.engine.seeding import seed_everything, set_deterministic
+    from segbench.engine.train import train
+
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    eval_set = create_dataset(dataset, split, root=root, **config.data)
+    identity = dataset_identity(eval_set, dataset_spec, split, config.data)
+    env = environment_info(torch_device)
+    config_dict = config.to_dict()
+    config_id = make_config_id(config_dict, identity, env)
+    run_id = make_run_id(config_id, seed)
+
+    existing = store.get(run_id)
+    if existing is not None and existing.get("status") == "finished" and not force:
+        return RunOutcome(existing, store.path_for(run_id), reused=True)
+    if force and existing is not None:
+        run_id = store.new_run_id(run_id)
+
+    record_path = store.path_for(run_id)
+    weights_path = record_path.with_suffix(".safetensors")
+    context = RunContext(run_id, config_id, method, dataset, split, recipe, seed, config_dict,
+                         record_path, weights_path, device=str(torch_device))
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_id": config_id, "status": "running",
+        "error": None, "method": method, "dataset": dataset, "split": split, "recipe": recipe, "seed": seed,
+        "config": config_dict, "effective_batch_size": config.train.batch_size, "world_size": 1,
+        "deterministic": config.train.deterministic, "amp": amp_in_effect(torch_device, config.train.amp),
+        "dataset_identity": identity, "metrics": {}, "per_class": {},
+        "class_names": list(dataset_spec.classes), "timings": {}, "environment": env, "weights": None,
+        "created_at": _now(), "finished_at": None,
+    }
+    registry.pm.hook.run_started(run=context)
+    try:
+        set_deterministic(config.train.deterministic)
+        seed_everything(seed)
+        train_set = create_dataset(dataset, dataset_spec.train_split, root=root, **config.data)
+        model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
+        if config.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        view = TrainView(train_set, method_spec.requires_annotations, train_transform(config.train))
+        loader = make_loader(view, config.train.batch_size, shuffle=True, seed=seed,
+                             workers=config.train.workers, drop_last=len(view) > config.train.batch_size)
+        echo(f"run {run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
+             f"device {torch_device}")
+        trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std, progress)
+        save_weights(model, weights_path)
+        metric_objs = metric_objects(metric_specs, config, dataset_spec)
+        eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
+                                  workers=config.train.workers)
+        result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
+                          amp=config.train.amp, eval_size=config.train.eval_size,
+                          channels_last=config.train.channels_last, progress=progress)
+        if "cls_map" in metric_objs and result.labels is not None:
+            result.metrics["cls_map@prior"] = class_prior_baseline(result.labels, dataset_spec.background)
+        record.update(
+            status="finished",
+            metrics=result.metrics,
+            per_class={k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()},
+            weights=weights_path.name,
+            timings={
+                "total_s": round(time.perf_counter() - started, 3),
+                "train_s": round(trained.seconds, 3),
+                "eval_s": round(result.seconds, 3),
+                "train_images_per_s": round(trained.images / max(trained.seconds, 1e-9), 2),
+                "eval_images_per_s": round(result.images / max(result.seconds, 1e-9), 2),
+                "train_steps": trained.steps,
+            },
+            finished_at=_now(),
+        )
+    except RunFailed as exc:
+        record.update(status="failed", error=str(exc), finished_at=_now())
+        store.write(record)
+        registry.pm.hook.run_finished(run=context, record=record)
+        raise RunFailed(f"{exc} (record: {record_path})") from exc
+    except KeyboardInterrupt:
+        record.update(status="interrupted", error="interrupted by the user", finished_at=_now())
+        store.write(record)
+        registry.pm.hook.run_finished(run=context, record=record)
+        raise
+    store.write(record)
+    registry.pm.hook.run_finished(run=context, record=record)
+    return RunOutcome(record, record_path)
+
+
+def _named(values: Sequence[float], classes: Sequence[str]) -> dict[str, float | None]:
+    named = {}
+    for name, value in zip(classes, values):
+        named[name] = None if value != value else round(float(value), 6)  # NaN -> null
+    return named
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+

@@ -1,0 +1,96 @@
+"""timm backbones for plugins: features_only, output stride, and pretrained weights that fail fast offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+
+from segbench.errors import ConfigError, OfflineError
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    output_stride: int | None = None,
+    out_indices: Sequence[int] | None = None,
+    **kwargs,
+):
+    """A timm model with ``features_only=True``: ``forward(x)`` returns a list of feature maps.
+
+    ``weights`` loads a local ``.pth``/``.safetensors`` file through timm's
+    ``pretrained_cfg_overlay`` (implies pretrained). ``pretrained=True``
+    without ``weights`` uses timm's own download, and fails at once with
+    :class:`OfflineError` when the hub cannot be reached.
+    """
+    import timm
+
+    options = dict(kwargs)
+    if output_stride is not None:
+        options["output_stride"] = output_stride
+    if out_indices is not None:
+        options["out_indices"] = tuple(out_indices)
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: weights file not found")
+        options["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    elif pretrained:
+        cached = cached_or_online(name)
+        if cached:
+            options["pretrained_cfg_overlay"] = dict(file=cached)
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
+    except AssertionError as exc:
+        raise ConfigError(f"timm backbone '{name}' rejects options {options}: {exc or 'assertion failed'}") from exc
+
+
+def cached_or_online(name: str, host: tuple[str, int] = HUB_HOST, timeout: float = 2.0) -> str | None:
+    """Where pretrained weights for ``name`` come from: a cached file, or ``None`` for a download.
+
+    Raises :class:`OfflineError` at once when the hub cannot be reached and
+    the weights are not in the local Hugging Face cache: timm itself would
+    retry for about 47 s before failing.
+    """
+    cached = _cached_weights(name)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if not offline:
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            return None
+        except OSError:
+            pass
+    if cached:
+        return cached
+    raise OfflineError(offline_message(name))
+
+
+def _cached_weights(name: str) -> str | None:
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not repo:
+            return None
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return found
+    except Exception:  # noqa: BLE001 - no cache is the same as no file
+        return None
+    return None
+
+
+def offline_message(name: str) -> str:
+    return (
+        f"pretrained weights for '{name}' cannot be downloaded (offline) and are not cached; "
+        f"pass a local file with --weights PATH (.pth or .safetensors) or --set pretrained=false"
+    )

@@ -1,0 +1,223 @@
+"""Specs that plugins register, and the keys of samples and predictions.
+
+Nothing here imports torch: specs are registered when ``segbench list`` or
+``segbench --help`` runs, and those must stay fast. A spec's ``build`` is
+called only when the object is really needed.
+
+The contracts (see ``docs/plugins.md``):
+
+Sample (what ``DatasetSpec.build(...)[i]`` returns), a dict:
+    ``image``  uint8 tensor ``[3, H, W]``
+    ``target`` dict: ``labels`` float multi-hot ``[C]`` (always; the background
+               class is never labelled); ``labels_ignore`` bool ``[C]`` where a
+               class is present only as "difficult" (left out of AP); where the
+               dataset has them ``mask`` int64 ``[H, W]`` (255 = void),
+               ``boxes`` float ``[N, 4]`` XYXY pixels, ``classes`` int64 ``[N]``,
+               ``masks`` bool ``[N, H, W]``, ``iscrowd`` bool ``[N]``
+    ``meta``   dict: ``id`` (str), ``path`` (str or None), ``orig_size`` (H, W)
+
+Prediction (what ``Method.predict(images)`` returns per image), a dict with any of:
+    ``scores``     float ``[C]`` image-level class scores (any monotone scale)
+    ``score_maps`` float ``[C, h, w]`` class score maps, any resolution
+    ``mask``       int64 ``[h, w]`` label map
+    ``instances``  dict ``boxes`` ``[N, 4]``, ``classes`` ``[N]``, ``scores`` ``[N]``,
+                   ``masks`` ``[N, h, w]``
+The engine resizes ``score_maps`` (bilinear) and ``mask`` (nearest) back to the
+image's original size before any metric sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+TARGET_KEYS = ("labels", "labels_ignore", "mask", "boxes", "classes", "masks", "iscrowd")
+PREDICTION_KEYS = ("scores", "score_maps", "mask", "instances")
+SUPERVISION_ANNOTATIONS = {
+    "image": frozenset({"labels"}),
+    "pixel": frozenset({"mask"}),
+    "instance": frozenset({"boxes", "masks"}),
+}
+RECIPE_NAMES = ("quick", "bench", "paper")
+
+
+def _frozen(values) -> frozenset[str]:
+    return frozenset(values or ())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named, complete training setup for one method.
+
+    ``train`` overrides fields of :class:`segbench.engine.config.TrainConfig`
+    (steps, batch_size, lr, ...); ``model`` overrides the method's options;
+    ``data`` overrides the dataset's options (image size, split sizes) when
+    the dataset has such an option (ignored otherwise).
+    """
+
+    name: str
+    description: str = ""
+    train: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: how to build it, what it learns from and what it predicts.
+
+    ``build(num_classes, **options)`` returns a ``torch.nn.Module`` with
+    ``loss(images, targets) -> dict[str, Tensor]`` (summed for the backward
+    pass) and ``predict(images) -> list[dict]`` (see the module docstring).
+    ``images`` is a float batch ``[B, 3, H, W]`` normalised with the
+    dataset's mean and std; ``targets`` a list of target dicts.
+    ``options`` holds every option ``build`` accepts, with its default.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    supervision: str
+    outputs: frozenset[str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", _frozen(self.outputs))
+        if isinstance(self.recipes, (list, tuple)):
+            object.__setattr__(self, "recipes", {r.name: r for r in self.recipes})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message when the spec is malformed."""
+        _check_name(self.name, "method")
+        if not callable(self.build):
+            raise ValueError(f"method '{self.name}': build must be callable")
+        if self.supervision not in SUPERVISION_ANNOTATIONS:
+            raise ValueError(
+                f"method '{self.name}': supervision must be one of "
+                f"{sorted(SUPERVISION_ANNOTATIONS)}, got {self.supervision!r}"
+            )
+        unknown = self.outputs - set(PREDICTION_KEYS)
+        if not self.outputs or unknown:
+            raise ValueError(
+                f"method '{self.name}': outputs must be a non-empty subset of "
+                f"{list(PREDICTION_KEYS)}, got {sorted(self.outputs)}"
+            )
+        for recipe in self.recipes.values():
+            bad = set(recipe.model) - set(self.options)
+            if bad:
+                raise ValueError(
+                    f"method '{self.name}': recipe '{recipe.name}' sets unknown "
+                    f"option(s) {sorted(bad)}; options are {sorted(self.options)}"
+                )
+
+    @property
+    def requires_annotations(self) -> frozenset[str]:
+        """Annotations a training dataset must have for this method."""
+        return SUPERVISION_ANNOTATIONS[self.supervision]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset: ``build(root, split, **options)`` returns a torch Dataset of samples.
+
+    ``annotations`` lists the target keys every sample carries (``labels``
+    always). ``background`` is the index of the background class in
+    ``classes`` (``None`` when there is none); image-level metrics leave it
+    out. ``metric_defaults`` maps a metric name to option defaults that
+    depend on the dataset (e.g. the pointing tolerance, the AP variant).
+    ``needs_root`` is False for generated datasets.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    classes: tuple[str, ...]
+    splits: tuple[str, ...]
+    annotations: frozenset[str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    background: int | None = 0
+    train_split: str = "train"
+    eval_split: str = "val"
+    metric_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    needs_root: bool = True
+    description: str = ""
+    citation: str = ""
+    url: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "annotations", _frozen(self.annotations) | {"labels"})
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "splits", tuple(self.splits))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message when the spec is malformed."""
+        _check_name(self.name, "dataset")
+        if not callable(self.build):
+            raise ValueError(f"dataset '{self.name}': build must be callable")
+        if not self.classes:
+            raise ValueError(f"dataset '{self.name}': classes must not be empty")
+        unknown = self.annotations - set(TARGET_KEYS)
+        if unknown:
+            raise ValueError(f"dataset '{self.name}': unknown annotation kinds {sorted(unknown)}")
+        for split in (self.train_split, self.eval_split):
+            if split not in self.splits:
+                raise ValueError(f"dataset '{self.name}': split '{split}' not in {list(self.splits)}")
+        if self.background is not None and not 0 <= self.background < len(self.classes):
+            raise ValueError(f"dataset '{self.name}': background index out of range")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric: ``build(**options)`` returns an object with ``reset()``,
+    ``update(predictions, targets)`` and ``compute() -> dict[str, float]``,
+    and optionally ``per_class() -> dict[str, list[float]]``.
+
+    ``options`` holds every option with its default; the engine fills
+    ``num_classes`` and ``background`` from the dataset.
+
+    The metric applies to a run when the method's outputs include one of
+    ``requires_outputs`` and the dataset's annotations include all of
+    ``requires_annotations``. ``primary`` names the key of ``compute()``
+    shown in leaderboards.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    requires_outputs: frozenset[str]
+    requires_annotations: frozenset[str]
+    primary: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requires_outputs", _frozen(self.requires_outputs))
+        object.__setattr__(self, "requires_annotations", _frozen(self.requires_annotations))
+        if not self.primary:
+            object.__setattr__(self, "primary", self.name)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message when the spec is malformed."""
+        _check_name(self.name, "metric")
+        if not callable(self.build):
+            raise ValueError(f"metric '{self.name}': build must be callable")
+        if not self.requires_outputs:
+            raise ValueError(f"metric '{self.name}': requires_outputs must not be empty")
+
+    def applies(self, outputs: frozenset[str], annotations: frozenset[str]) -> bool:
+        """True when a method with ``outputs`` on a dataset with ``annotations`` can be scored."""
+        return bool(self.requires_outputs & outputs) and self.requires_annotations <= annotations
+
+
+def _check_name(name: str, kind: str) -> None:
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"{kind} name must be a non-empty identifier, got {name!r}")
