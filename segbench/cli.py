@@ -207,10 +207,11 @@ def check_command(method, overrides) -> None:
 def _add_plugin_commands() -> None:
     from segbench.plugins import get_registry
 
-    try:
-        get_registry().pm.hook.register_commands(cli=cli)
-    except Exception as exc:  # noqa: BLE001 - a plugin's command must not break the CLI
-        click.echo(f"warning: a plugin failed to add commands: {exc}", err=True)
+    for impl in get_registry().pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - a plugin's command must not break the CLI
+            click.echo(f"warning: plugin '{impl.plugin_name}' failed to add commands: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,8 +74,12 @@ class Registry:
 
     def register_plugin(self, module: Any, name: str) -> None:
         """Register an in-process plugin object (tests, notebooks) and collect its specs."""
+        if name in self.plugins:
+            raise ValueError(f"plugin name '{name}' is taken by {self.plugins[name].module}")
         info = PluginInfo(name=name, module=getattr(module, "__name__", repr(module)))
         self._guard(info, lambda: self.pm.register(module, name=name))
+        if info.error:
+            return
         for kind in _KINDS:
             self._collect(kind, only=name)
 
@@ -83,15 +87,39 @@ class Registry:
         self.plugins.setdefault(info.name, info)
         try:
             action()
+            self._check_hook_names(info.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the harness
-            info.error = f"{type(exc).__name__}: {exc}"
+            self._mark_broken(info, exc)
             if _strict():
                 raise PluginError(f"plugin '{info.name}' failed to load: {info.error}") from exc
+
+    def _check_hook_names(self, name: str) -> None:
+        """A misspelled hook (``register_method``) is an error naming the closest real hook."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if not caller.has_spec():
+                close = difflib.get_close_matches(caller.name, dir(hookspecs), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown hook '{caller.name}'{hint}")
+
+    def _mark_broken(self, info: PluginInfo, exc: BaseException) -> None:
+        """Record the error, drop whatever the plugin registered, and stop calling its hooks."""
+        info.error = f"{type(exc).__name__}: {exc}"
+        for entry in info.registered:
+            kind, _, spec_name = entry.partition(":")
+            getattr(self, kind + "s").pop(spec_name, None)
+        info.registered.clear()
+        if self.pm.get_plugin(info.name) is not None:
+            self.pm.unregister(name=info.name)
 
     def _collect(self, kind: str, only: str | None = None) -> None:
         hook = getattr(self.pm.hook, f"register_{kind}")
         table: dict[str, Any] = getattr(self, kind)
-        for impl in reversed(hook.get_hookimpls()):
+        plugin_order = list(self.plugins)
+        impls = sorted(hook.get_hookimpls(), key=lambda i: _position(plugin_order, i.plugin_name))
+        for impl in impls:  # registration order: built-ins keep their names
             plugin_name = impl.plugin_name
             if only is not None and plugin_name != only:
                 continue
@@ -121,7 +149,7 @@ class Registry:
                             f"'{other}' and plugin '{plugin_name}'"
                         )
             except Exception as exc:  # noqa: BLE001
-                info.error = f"{type(exc).__name__}: {exc}"
+                self._mark_broken(info, exc)
                 if _strict():
                     raise PluginError(f"plugin '{plugin_name}' failed to register {kind}: {exc}") from exc
                 continue
@@ -158,6 +186,10 @@ def unknown_name_message(kind: str, name: str, known) -> str:
     else:
         hint = "known: " + (", ".join(sorted(known)) or "none")
     return f"unknown {kind} '{name}'; {hint}"
+
+
+def _position(order: list[str], name: str) -> int:
+    return order.index(name) if name in order else len(order)
 
 
 def _strict() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from segbench.engine.config import ResolvedConfig, resolve_config
-from segbench.errors import ConfigError, RunFailed
+from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
 
@@ -81,9 +81,10 @@ def check_pairing(method: MethodSpec, dataset: DatasetSpec) -> None:
 
 
 def dataset_identity(dataset: Any, spec: DatasetSpec, split: str, options: Mapping[str, Any]) -> dict:
-    """Name, split, size and a fingerprint: the dataset's own ``fingerprint()`` when it has one."""
+    """Name, split, size and a fingerprint: the dataset's own ``fingerprint`` (attribute or method) when it has one."""
     if hasattr(dataset, "fingerprint"):
-        fingerprint = str(dataset.fingerprint())
+        fingerprint = dataset.fingerprint
+        fingerprint = str(fingerprint() if callable(fingerprint) else fingerprint)
     else:
         blob = json.dumps({"name": spec.name, "split": split, "options": options, "n": len(dataset)},
                           sort_keys=True, default=str)
@@ -141,7 +142,7 @@ def run_experiment(
     echo: Callable[[str], None] = lambda message: None,
 ) -> RunOutcome:
     """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record."""
-    from segbench.results.record import SCHEMA_VERSION, environment_info, make_config_id, make_run_id
+    from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
     from segbench.results.store import RunStore
 
     registry = get_registry()
@@ -154,7 +155,6 @@ def run_experiment(
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides)
     store = RunStore(runs_dir(runs))
-    store.ensure_writable()
 
     import torch
 
@@ -172,42 +172,43 @@ def run_experiment(
         torch.set_num_threads(config.train.threads)
     eval_set = create_dataset(dataset, split, root=root, **config.data)
     identity = dataset_identity(eval_set, dataset_spec, split, config.data)
-    env = environment_info(torch_device)
+    env = collect_environment(device=str(torch_device))
+    env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
-    config_id = make_config_id(config_dict, identity, env)
+    versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
+    config_id = make_config_id(config_dict, identity["fingerprint"], versions, split=split)
     run_id = make_run_id(config_id, seed)
 
-    existing = store.get(run_id)
-    if existing is not None and existing.get("status") == "finished" and not force:
-        return RunOutcome(existing, store.path_for(run_id), reused=True)
-    if force and existing is not None:
-        run_id = store.new_run_id(run_id)
+    finished = store.find(config_id=config_id, seed=seed, status="finished")
+    if finished and not force:
+        latest = finished[-1]
+        return RunOutcome(latest.to_dict(), store.path_for(latest.run_id), reused=True)
 
-    record_path = store.path_for(run_id)
+    set_deterministic(config.train.deterministic)
+    seed_everything(seed)
+    train_set = create_dataset(dataset, dataset_spec.train_split, root=root, **config.data)
+    model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    record = RunRecord(
+        run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
+        recipe=recipe, seed=seed, config=config_dict, dataset_identity=identity,
+        class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size, world_size=1,
+        deterministic=config.train.deterministic, environment=env,
+        extra={"amp": amp_in_effect(torch_device, config.train.amp)},
+    )
+    record = store.write_new(record)  # claims {run_id}.json, or -2, -3... for a forced re-run
+    record_path = store.path_for(record.run_id)
     weights_path = record_path.with_suffix(".safetensors")
-    context = RunContext(run_id, config_id, method, dataset, split, recipe, seed, config_dict,
+    context = RunContext(record.run_id, config_id, method, dataset, split, recipe, seed, config_dict,
                          record_path, weights_path, device=str(torch_device))
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "config_id": config_id, "status": "running",
-        "error": None, "method": method, "dataset": dataset, "split": split, "recipe": recipe, "seed": seed,
-        "config": config_dict, "effective_batch_size": config.train.batch_size, "world_size": 1,
-        "deterministic": config.train.deterministic, "amp": amp_in_effect(torch_device, config.train.amp),
-        "dataset_identity": identity, "metrics": {}, "per_class": {},
-        "class_names": list(dataset_spec.classes), "timings": {}, "environment": env, "weights": None,
-        "created_at": _now(), "finished_at": None,
-    }
     registry.pm.hook.run_started(run=context)
     try:
-        set_deterministic(config.train.deterministic)
-        seed_everything(seed)
-        train_set = create_dataset(dataset, dataset_spec.train_split, root=root, **config.data)
-        model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
-        if config.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         view = TrainView(train_set, method_spec.requires_annotations, train_transform(config.train))
         loader = make_loader(view, config.train.batch_size, shuffle=True, seed=seed,
                              workers=config.train.workers, drop_last=len(view) > config.train.batch_size)
-        echo(f"run {run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
+        echo(f"run {record.run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
              f"device {torch_device}")
         trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std, progress)
         save_weights(model, weights_path)
@@ -219,34 +220,39 @@ def run_experiment(
                           channels_last=config.train.channels_last, progress=progress)
         if "cls_map" in metric_objs and result.labels is not None:
             result.metrics["cls_map@prior"] = class_prior_baseline(result.labels, dataset_spec.background)
-        record.update(
-            status="finished",
-            metrics=result.metrics,
-            per_class={k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()},
-            weights=weights_path.name,
-            timings={
-                "total_s": round(time.perf_counter() - started, 3),
-                "train_s": round(trained.seconds, 3),
-                "eval_s": round(result.seconds, 3),
-                "train_images_per_s": round(trained.images / max(trained.seconds, 1e-9), 2),
-                "eval_images_per_s": round(result.images / max(result.seconds, 1e-9), 2),
-                "train_steps": trained.steps,
-            },
-            finished_at=_now(),
-        )
-    except RunFailed as exc:
-        record.update(status="failed", error=str(exc), finished_at=_now())
-        store.write(record)
-        registry.pm.hook.run_finished(run=context, record=record)
-        raise RunFailed(f"{exc} (record: {record_path})") from exc
+        record.status = "finished"
+        record.metrics = result.metrics
+        record.per_class = {k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()}
+        record.weights = weights_path.name
+        record.timings = {
+            "total_s": round(time.perf_counter() - started, 3),
+            "train_s": round(trained.seconds, 3),
+            "eval_s": round(result.seconds, 3),
+            "train_images_per_s": round(trained.images / max(trained.seconds, 1e-9), 2),
+            "eval_images_per_s": round(result.images / max(result.seconds, 1e-9), 2),
+            "train_steps": trained.steps,
+        }
+        record.finished_at = _now()
+    except (RunFailed, SegbenchError) as exc:
+        _close(store, record, registry, context, "failed", str(exc))
+        exc.args = (f"{exc} (record: {record_path})",)
+        raise
     except KeyboardInterrupt:
-        record.update(status="interrupted", error="interrupted by the user", finished_at=_now())
-        store.write(record)
-        registry.pm.hook.run_finished(run=context, record=record)
+        _close(store, record, registry, context, "interrupted", "interrupted by the user")
+        raise
+    except Exception as exc:
+        _close(store, record, registry, context, "failed", f"{type(exc).__name__}: {exc}")
         raise
     store.write(record)
-    registry.pm.hook.run_finished(run=context, record=record)
-    return RunOutcome(record, record_path)
+    registry.pm.hook.run_finished(run=context, record=record.to_dict())
+    return RunOutcome(record.to_dict(), record_path)
+
+
+def _close(store, record, registry, context, status: str, error: str) -> None:
+    """Mark the run's record ``failed`` or ``interrupted`` with its reason, and tell the hooks."""
+    record.status, record.error, record.finished_at = status, error, _now()
+    store.write(record)
+    registry.pm.hook.run_finished(run=context, record=record.to_dict())
 
 
 def _named(values: Sequence[float], classes: Sequence[str]) -> dict[str, float | None]:

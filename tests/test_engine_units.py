@@ -1,0 +1,72 @@
+"""Engine pieces: schedules, prediction resizing, weights files, device choice."""
+
+import pytest
+import torch
+
+from segbench.engine.checkpoint import load_weights, save_weights
+from segbench.engine.config import TrainConfig
+from segbench.engine.device import resolve_device
+from segbench.engine.evaluate import resize_prediction
+from segbench.engine.optim import build_optimizer, lr_factor, param_groups
+from segbench.errors import ConfigError, DataError
+
+
+def test_poly_and_cosine_schedules_with_warmup():
+    poly = TrainConfig(steps=10, schedule="poly", poly_power=1.0)
+    assert [round(lr_factor(s, poly), 6) for s in (0, 5, 9)] == [1.0, 0.5, 0.1]
+    warm = TrainConfig(steps=10, schedule="cosine", warmup_steps=2)
+    assert lr_factor(0, warm) == 0.5 and lr_factor(1, warm) == 1.0
+    assert lr_factor(2, warm) == pytest.approx(1.0) and lr_factor(10, warm) == pytest.approx(0.0)
+    assert lr_factor(6, warm) == pytest.approx(0.5)
+    assert lr_factor(7, TrainConfig(steps=10, schedule="constant")) == 1.0
+
+
+def test_head_lr_mult_splits_backbone_and_head():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(2, 2)
+            self.head = torch.nn.Linear(2, 1)
+
+    groups = param_groups(Net(), TrainConfig(lr=0.1, head_lr_mult=10.0))
+    assert [g["lr"] for g in groups] == [0.1, 1.0] and [len(g["params"]) for g in groups] == [2, 2]
+    optimizer = build_optimizer(Net(), TrainConfig(optimizer="adamw", lr=0.01))
+    assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_resize_prediction_to_original_size():
+    maps = torch.arange(4.0).view(1, 2, 2).repeat(3, 1, 1)
+    mask = torch.tensor([[0, 1], [2, 3]])
+    out = resize_prediction({"score_maps": maps, "mask": mask, "scores": torch.ones(3)}, (4, 6))
+    assert out["score_maps"].shape == (3, 4, 6) and out["mask"].shape == (4, 6)
+    assert out["mask"].dtype == torch.int64 and set(out["mask"].unique().tolist()) == {0, 1, 2, 3}
+    assert out["mask"][0, 0] == 0 and out["mask"][3, 5] == 3
+    assert out["score_maps"][0, 0, 0] == 0.0 and out["score_maps"][0, 3, 5] == 3.0
+    same = resize_prediction({"score_maps": maps}, (2, 2))
+    assert torch.equal(same["score_maps"], maps)
+
+
+def test_weights_round_trip_and_errors(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    path = save_weights(model, tmp_path / "w.safetensors")
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    load_weights(other, path)
+    assert torch.equal(other[0].weight, model[0].weight)
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(DataError, match="weights file not found"):
+        load_weights(other, tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DataError, match="bad.safetensors: cannot read weights"):
+        load_weights(other, tmp_path / "bad.safetensors")
+    with pytest.raises(DataError, match="do not match the model"):
+        load_weights(torch.nn.Linear(2, 2), path)
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="--device must be"):
+        resolve_device("tpu")
