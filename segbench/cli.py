@@ -134,25 +134,27 @@ def eval_command(run_id, dataset, split, root, device, runs_dir, quiet) -> None:
 @cli.command("leaderboard")
 @click.option("--metric", default="auto", show_default=True, help="Metric key shown in the cells.")
 @click.option("--by", type=click.Choice(["datasets", "metrics"]), default="datasets", show_default=True)
-@click.option("--dataset", default=None, help="With --by metrics: the dataset.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--dataset", default=None, help="Only these datasets (comma-separated).")
+@click.option("--split", default=None, help="Only runs evaluated on this split.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default=None,
+              help="Output format (default: md, or from the suffix of -o FILE).")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to FILE.")
 @click.option("--published", is_flag=True, help="Add the papers' numbers beside the reproduced ones.")
+@click.option("--fractions", is_flag=True, help="Values as fractions instead of percent.")
 @click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-def leaderboard_command(metric, by, dataset, fmt, output, published, runs_dir, force) -> None:
-    """Tables of finished runs: methods x datasets (or x metrics), mean ± std over seeds."""
+def leaderboard_command(metric, by, dataset, split, fmt, output, published, fractions, runs_dir, force) -> None:
+    """Tables of finished runs: methods x datasets (or x metrics), mean ± std (n) over seeds."""
     from segbench.engine.run import runs_dir as default_runs
     from segbench.results.leaderboard import leaderboard, write_leaderboard
 
-    kwargs = dict(metric=metric, by=by, fmt=fmt, published=published)
-    if dataset:
-        kwargs["dataset"] = dataset
+    kwargs = dict(metric=metric, by=by, published=published, dataset=dataset, split=split, percent=not fractions,
+                  on_error=lambda path, message: click.echo(f"warning: {message}", err=True))
     if output:
-        path = write_leaderboard(default_runs(runs_dir), Path(output), overwrite=force, **kwargs)
+        path = write_leaderboard(default_runs(runs_dir), Path(output), fmt=fmt, overwrite=force, **kwargs)
         click.echo(f"wrote {path}")
     else:
-        click.echo(leaderboard(default_runs(runs_dir), **kwargs))
+        click.echo(leaderboard(default_runs(runs_dir), fmt=fmt or "md", **kwargs))
 
 
 # -- data ----------------------------------------------------------------------
@@ -166,20 +168,22 @@ def data_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["voc", "coco"]), required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default=None, help="Split to export (default: the dataset's evaluation split).")
+@click.option("--segmentation", type=click.Choice(["rle", "polygon"]), default="rle", show_default=True,
+              help="COCO instance masks as RLE or polygons.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dataset options.")
-@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
-def data_export(name, fmt, out, split, overrides, force) -> None:
+@click.option("--overwrite", "--force", "overwrite", is_flag=True, help="Write into a non-empty directory.")
+def data_export(name, fmt, out, split, segmentation, overrides, overwrite) -> None:
     """Write dataset NAME in the VOC or COCO on-disk layout."""
     from segbench.api import create_dataset
-    from segbench.data.export import export_coco, export_voc
+    from segbench.data.export import export
     from segbench.engine.config import parse_overrides
     from segbench.plugins import get_registry
 
     spec = get_registry().dataset(name)
     split = split or spec.eval_split
     dataset = create_dataset(name, split, **parse_overrides(overrides))
-    writer = export_voc if fmt == "voc" else export_coco
-    paths = writer(dataset, out, split, class_names=spec.classes, overwrite=force)
+    extra = {"segmentation": segmentation} if fmt == "coco" else {}
+    paths = export(dataset, out, split, format=fmt, class_names=spec.classes, overwrite=overwrite, **extra)
     click.echo(f"wrote {len(paths)} files under {out}")
 
 

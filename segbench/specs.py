@@ -127,7 +127,9 @@ class DatasetSpec:
     always). ``background`` is the index of the background class in
     ``classes`` (``None`` when there is none); image-level metrics leave it
     out. ``metric_defaults`` maps a metric name to option defaults that
-    depend on the dataset (e.g. the pointing tolerance, the AP variant).
+    depend on the dataset (e.g. the pointing tolerance, the AP variant); it may
+    be a function of the resolved dataset options (the tolerance scales with
+    ``image_size``): use :meth:`metric_defaults_for`.
     ``needs_root`` is False for generated datasets.
     """
 
@@ -140,7 +142,9 @@ class DatasetSpec:
     background: int | None = 0
     train_split: str = "train"
     eval_split: str = "val"
-    metric_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metric_defaults: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping] = field(
+        default_factory=dict
+    )
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     needs_root: bool = True
@@ -157,6 +161,11 @@ class DatasetSpec:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def metric_defaults_for(self, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The metric defaults for these dataset options."""
+        defaults = self.metric_defaults(options) if callable(self.metric_defaults) else self.metric_defaults
+        return {name: dict(values) for name, values in defaults.items()}
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message when the spec is malformed."""

@@ -72,13 +72,18 @@ def test_eval_reproduces_the_run_metrics(finished_run, capsys):
 
 
 def test_leaderboard_prints_and_writes(finished_run, capsys, tmp_path):
-    runs, _ = finished_run
+    import pandas as pd
+
+    runs, outcome = finished_run
     code, out, err = segbench(capsys, "leaderboard", "--metric", "cls_map", "--runs-dir", str(runs))
-    assert code == 0, err and "weldon" in out and "Shapes" in out
+    assert code == 0, err
+    assert "WELDON" in out and "Shapes" in out
     target = tmp_path / "table.csv"
     code, out, _ = segbench(capsys, "leaderboard", "--metric", "cls_map", "--format", "csv", "-o", str(target),
                             "--runs-dir", str(runs))
-    assert code == 0 and target.is_file() and "weldon" in target.read_text()
+    assert code == 0 and target.is_file()
+    table = pd.read_csv(target).set_index("Method")
+    assert table.loc["WELDON", "Shapes"] == pytest.approx(100 * outcome.record["metrics"]["cls_map"], abs=1e-4)
     code, _, err = segbench(capsys, "leaderboard", "--format", "csv", "-o", str(target), "--runs-dir", str(runs))
     assert code != 0 and "table.csv" in err  # never silently overwritten
 
@@ -98,11 +103,11 @@ def test_unknown_names_are_one_line_errors_with_exit_2(capsys, tmp_path):
 
 
 def test_impossible_pairing_fails_before_training(capsys, tmp_path):
-    import segbench
+    from segbench import hookimpl
     from segbench.specs import DatasetSpec
 
     class LabelsOnly:
-        @segbench.hookimpl
+        @hookimpl
         def register_datasets(self, register):
             register(DatasetSpec(name="labels_only", build=lambda root, split: [], classes=("a", "b"),
                                  splits=("train", "val"), annotations={"labels"}, background=None,
@@ -120,7 +125,9 @@ def test_impossible_pairing_fails_before_training(capsys, tmp_path):
 def test_non_finite_loss_writes_a_failed_record_and_no_leaderboard_row(capsys, tmp_path):
     code, _, err = segbench(capsys, "run", "--method", "weldon", *TINY, "--set", "lr=1e30", "--set", "steps=6",
                             "--set", "optimizer=sgd", "--runs-dir", str(tmp_path))
-    assert code == 1 and "non-finite loss at step" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [
+        line for line in err.splitlines() if "non-finite loss at step" in line]
     records = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert len(records) == 1 and records[0]["status"] == "failed" and "non-finite" in records[0]["error"]
     code, out, _ = segbench(capsys, "leaderboard", "--metric", "cls_map", "--runs-dir", str(tmp_path))
@@ -131,7 +138,8 @@ def test_unwritable_runs_dir(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = segbench(capsys, "run", "--method", "weldon", *TINY, "--runs-dir", str(blocker / "runs"))
-    assert code != 0 and str(blocker) in err and len(err.strip().splitlines()) == 1
+    assert code != 0 and str(blocker) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error:")
 
 
 def test_list_and_help(capsys):
@@ -158,3 +166,22 @@ def test_listing_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "HEAVY []" in out, out[-500:]
+
+
+def test_data_export_writes_layouts_and_never_overwrites(capsys, tmp_path):
+    out = tmp_path / "coco"
+    code, stdout, err = segbench(capsys, "data", "export", "shapes", "--format", "coco", "--out", str(out),
+                                 "--set", "num_val=3", "--set", "image_size=48")
+    assert code == 0, err
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(out / "annotations" / "instances_val2017.json"))
+    assert len(coco.getImgIds()) == 3 and len(coco.getCatIds()) == 6
+    before = (out / "annotations" / "instances_val2017.json").read_bytes()
+    code, _, err = segbench(capsys, "data", "export", "shapes", "--format", "coco", "--out", str(out),
+                            "--set", "num_val=2")
+    assert code == 2 and "--overwrite" in err and str(out) in err
+    assert (out / "annotations" / "instances_val2017.json").read_bytes() == before
+    code, _, err = segbench(capsys, "data", "export", "shapes", "--format", "voc", "--out", str(tmp_path / "voc"),
+                            "--set", "num_val=2", "--set", "image_size=48")
+    assert code == 0 and len(list((tmp_path / "voc" / "Annotations").glob("*.xml"))) == 2

@@ -51,6 +51,14 @@ def test_dotted_keys_and_ambiguity():
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
 
 
+def test_metric_defaults_follow_the_final_dataset_options():
+    scaled = dataclasses.replace(DATASET, metric_defaults=lambda o: {"loc_map": {"tolerance": o["image_size"] // 8}})
+    assert resolve_config(METHOD, scaled, METRICS, "quick", {}).metrics["loc_map"]["tolerance"] == 4  # recipe: 32
+    assert resolve_config(METHOD, scaled, METRICS, "quick", {"image_size": 96}).metrics["loc_map"]["tolerance"] == 12
+    explicit = resolve_config(METHOD, scaled, METRICS, "quick", {"image_size": 96, "tolerance": 5})
+    assert explicit.metrics["loc_map"]["tolerance"] == 5  # the user's value wins
+
+
 def test_metric_option_without_prefix_sets_every_metric_having_it():
     config = resolve_config(METHOD, DATASET, METRICS, "quick", {"variant": "voc07", "tolerance": 9})
     assert config.metrics["cls_map"]["variant"] == config.metrics["loc_map"]["variant"] == "voc07"

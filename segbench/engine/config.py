@@ -130,12 +130,15 @@ def resolve_config(
         raise ConfigError(f"recipe '{method.name}:{recipe}' sets unknown train keys {sorted(bad_train)}")
     model = {**method.options, **chosen.model}
     data = {**dataset.options, **{k: v for k, v in chosen.data.items() if k in dataset.options}}
-    metric_options = {
-        name: {**spec.options, **dataset.metric_defaults.get(name, {})} for name, spec in metrics.items()
-    }
+    metric_options = {name: dict(spec.options) for name, spec in metrics.items()}
     sections: dict[str, dict[str, Any]] = {"train": train, "model": model, "data": data}
+    explicit: set[tuple[str, str]] = set()
     for key, value in (overrides or {}).items():
-        _apply(key, value, sections, metric_options)
+        explicit |= _apply(key, value, sections, metric_options)
+    for name, defaults in dataset.metric_defaults_for(data).items():  # from the final dataset options
+        for key, value in defaults.items():
+            if name in metric_options and (name, key) not in explicit:
+                metric_options[name][key] = value
     config = ResolvedConfig(
         method=method.name, dataset=dataset.name, recipe=recipe,
         train=TrainConfig(**train), model=model, data=data, metrics=metric_options,
@@ -144,19 +147,20 @@ def resolve_config(
     return config
 
 
-def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict]) -> None:
+def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict]) -> set:
+    """Set one override; returns the (metric, option) pairs it set."""
     head, _, rest = key.partition(".")
     if rest and head in sections:
         if rest not in sections[head]:
             raise ConfigError(_unknown_key(key, sections, metric_options))
         sections[head][rest] = _coerce(sections[head][rest], value, key)
-        return
+        return set()
     if rest and head == "metrics":
         name, _, option = rest.partition(".")
         if name not in metric_options or option not in metric_options[name]:
             raise ConfigError(_unknown_key(key, sections, metric_options))
         metric_options[name][option] = value
-        return
+        return {(name, option)}
     owners = [name for name, section in sections.items() if key in section]
     metric_owners = [name for name, opts in metric_options.items() if key in opts and key != "num_classes"]
     if len(owners) + (1 if metric_owners else 0) > 1:
@@ -165,11 +169,12 @@ def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict
     if owners:
         section = sections[owners[0]]
         section[key] = _coerce(section[key], value, key)
-    elif metric_owners:
+        return set()
+    if metric_owners:
         for name in metric_owners:  # e.g. tolerance, variant: every metric that has it
             metric_options[name][key] = value
-    else:
-        raise ConfigError(_unknown_key(key, sections, metric_options))
+        return {(name, key) for name in metric_owners}
+    raise ConfigError(_unknown_key(key, sections, metric_options))
 
 
 def _coerce(default: Any, value: Any, key: str) -> Any:

@@ -22,9 +22,8 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
-    record = store.get(run_id)
-    if record is None:
-        raise ConfigError(f"no run '{run_id}' in {store.root}")
+    record = store.get(run_id).to_dict()  # a hex prefix of the id is enough
+    run_id = record["run_id"]
     if record.get("status") != "finished" or not record.get("weights"):
         raise ConfigError(f"run '{run_id}' has status {record.get('status')!r} and no weights to evaluate")
     registry = get_registry()

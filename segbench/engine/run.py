@@ -205,6 +205,9 @@ def run_experiment(
                          record_path, weights_path, device=str(torch_device))
     registry.pm.hook.run_started(run=context)
     try:
+        for data in (train_set, eval_set):  # generate once, not once per loader worker
+            if config.train.workers and hasattr(data, "materialize"):
+                data.materialize()
         view = TrainView(train_set, method_spec.requires_annotations, train_transform(config.train))
         loader = make_loader(view, config.train.batch_size, shuffle=True, seed=seed,
                              workers=config.train.workers, drop_last=len(view) > config.train.batch_size)
