@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 
 import segbench
 from segbench.errors import ConfigError, DataError
-from segbench.metrics.average_precision import VOC07_THRESHOLDS, average_precision
+from segbench.metrics.average_precision import VOC07_THRESHOLDS, average_precision, descending_order
 
 # MATLAB's 0:0.1:1 (first half k*0.1, second half 1-(10-k)*0.1), written out.
 MATLAB_0_01_1 = [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -77,7 +77,7 @@ def test_spec_options_and_primary():
 def test_matches_devkit_port_with_ties_and_difficult(variant, seed):
     scores, labels, ignore = random_case(seed)
     metric = run_metric(scores, labels, ignore, variant=variant)
-    got = metric.per_class()["cls_ap"]
+    got = metric.per_class()["cls_map"]
     for c in range(scores.shape[1]):
         gt = [0 if ig else (1 if lab else -1) for lab, ig in zip(labels[:, c].tolist(), ignore[:, c].tolist())]
         assert got[c] == pytest.approx(devkit_ap(scores[:, c].tolist(), gt, variant), abs=1e-12)
@@ -87,7 +87,7 @@ def test_matches_devkit_port_with_ties_and_difficult(variant, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_raw_equals_sklearn_including_ties(seed):
     scores, labels, _ = random_case(seed, n=80, c=5, tie_levels=5)
-    got = run_metric(scores, labels, variant="raw").per_class()["cls_ap"]
+    got = run_metric(scores, labels, variant="raw").per_class()["cls_map"]
     for c in range(scores.shape[1]):
         want = average_precision_score(labels[:, c].numpy(), scores[:, c].numpy())
         assert got[c] == pytest.approx(want, abs=1e-12)
@@ -95,7 +95,7 @@ def test_raw_equals_sklearn_including_ties(seed):
 
 def test_raw_with_difficult_equals_sklearn_without_those_images():
     scores, labels, ignore = random_case(3, difficult=0.3)
-    got = run_metric(scores, labels, ignore, variant="raw").per_class()["cls_ap"]
+    got = run_metric(scores, labels, ignore, variant="raw").per_class()["cls_map"]
     for c in range(scores.shape[1]):
         keep = ~ignore[:, c]
         want = average_precision_score(labels[keep, c].numpy(), scores[keep, c].numpy())
@@ -105,11 +105,11 @@ def test_raw_with_difficult_equals_sklearn_without_those_images():
 @pytest.mark.parametrize("variant", ["voc12", "voc07"])
 def test_difficult_equals_leaving_the_image_out(variant):
     scores, labels, ignore = random_case(4, difficult=0.3)
-    got = run_metric(scores, labels, ignore, variant=variant).per_class()["cls_ap"]
+    got = run_metric(scores, labels, ignore, variant=variant).per_class()["cls_map"]
     for c in range(scores.shape[1]):
         keep = ~ignore[:, c]
         alone = run_metric(scores[keep][:, c:c + 1], labels[keep][:, c:c + 1], variant=variant)
-        assert got[c] == pytest.approx(alone.per_class()["cls_ap"][0], abs=1e-12)
+        assert got[c] == pytest.approx(alone.per_class()["cls_map"][0], abs=1e-12)
 
 
 def test_hand_computed_voc12_and_voc07():
@@ -160,7 +160,7 @@ def test_background_and_classes_without_positive_are_left_out():
     scores = torch.tensor([[0.1, 0.9, 0.2, 0.5], [0.3, 0.1, 0.8, 0.4], [0.2, 0.5, 0.7, 0.3]])
     labels = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
     metric = run_metric(scores, labels, background=0)
-    ap = metric.per_class()["cls_ap"]
+    ap = metric.per_class()["cls_map"]
     assert math.isnan(ap[0]) and math.isnan(ap[3])  # background; class without a positive
     assert ap[1] == pytest.approx(1.0) and ap[2] == pytest.approx(1.0)
     assert metric.compute()["cls_map"] == pytest.approx(1.0)
@@ -203,3 +203,12 @@ def test_bad_input_errors():
         metric.update([{"mask": torch.zeros(2, 2)}], [{"labels": torch.zeros(3)}])
     with pytest.raises(DataError, match="different lengths"):
         metric.update([{"scores": torch.zeros(3)}, {"scores": torch.zeros(2)}], [{"labels": torch.zeros(3)}] * 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ranking_is_a_stable_sort_of_minus_score(dtype):
+    g = torch.Generator().manual_seed(7)
+    scores = (torch.randint(-3, 4, (5, 300), generator=g) / 3).to(dtype).double()  # ties; float64 path: 1/3
+    scores[0, :4] = torch.tensor([0.0, -0.0, float("inf"), -float("inf")], dtype=torch.float64)
+    want = torch.sort(-scores, dim=1, stable=True).indices
+    assert torch.equal(torch.from_numpy(descending_order(scores.contiguous().numpy())), want)

@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score
 import segbench
 from segbench.errors import ConfigError, DataError
 from segbench.metrics.average_precision import average_precision
+from segbench.metrics.pointing import first_maximum
 
 
 def peak_maps(c: int, h: int, w: int, peaks: dict[int, tuple[int, int, float]]) -> torch.Tensor:
@@ -116,7 +117,7 @@ def test_hand_computed_map_with_background_and_a_class_in_no_image():
     m.update(preds, targets)
     # class 1 ranking: 0.9 TP, 0.6 FP, 0.4 TP (npos 2): envelope precisions 1 and 2/3
     # class 2 ranking: 0.8 TP, 0.7 FP, 0.3 FP (npos 2): recall 1/2 at precision 1
-    ap = m.per_class()["loc_ap"]
+    ap = m.per_class()["loc_map"]
     assert math.isnan(ap[0]) and math.isnan(ap[3])
     assert ap[1] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3) and ap[2] == pytest.approx(0.5)
     assert m.compute()["loc_map"] == pytest.approx((5 / 6 + 0.5) / 2)
@@ -184,7 +185,7 @@ def test_matches_brute_force_reference(seed):
     for i in range(0, n, 8):
         m.update([{"score_maps": x} for x in maps_list[i:i + 8]], targets[i:i + 8])
     rows = brute_force(maps_list, targets, tol)
-    got = m.per_class()["loc_ap"]
+    got = m.per_class()["loc_map"]
     for k in range(c):
         conf = [r[k][0] for r in rows]
         tp = [r[k][1] for r in rows]
@@ -237,3 +238,13 @@ def test_bad_input_errors():
     with pytest.raises(DataError, match="'classes'"):
         m.update([maps], [{"boxes": torch.zeros(1, 4)}])
     assert m.state_tensors()["scores"].shape == (0, 2)
+
+
+def test_first_maximum_matches_flat_argmax_batched_and_single():
+    g = torch.Generator().manual_seed(9)
+    maps = torch.randint(0, 3, (4, 5, 6, 7), generator=g).float()  # many tied maxima
+    flat = maps.reshape(4, 5, -1).max(dim=-1)  # torch documents: the first maximal index
+    conf, index = first_maximum(maps)
+    assert torch.equal(conf, flat.values) and torch.equal(index, flat.indices)
+    conf, index = first_maximum(maps[1])
+    assert torch.equal(conf, flat.values[1]) and torch.equal(index, flat.indices[1])

@@ -28,6 +28,12 @@ def test_registration_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_builtin_plugin_registers_the_three_metrics():
+    info = segbench.plugins.get_registry().plugins["segbench.metrics.builtin"]
+    assert info.ok, info.error
+    assert sorted(info.registered) == ["metric:cls_map", "metric:loc_map", "metric:miou"]
+
+
 def test_spec_options_and_primary():
     spec = segbench.plugins.get_registry().metric("miou")
     assert spec.options == {"num_classes": None, "ignore_index": 255, "background": None}
@@ -43,8 +49,8 @@ def test_hand_computed_3x3():
     assert m.confmat.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]
     out = m.compute()
     iou = [2 / (3 + 3 - 2), 2 / (2 + 3 - 2), 2 / (3 + 2 - 2)]
-    assert m.per_class()["iou"] == pytest.approx(iou)
-    assert m.per_class()["acc"] == pytest.approx([2 / 3, 1.0, 2 / 3])
+    assert m.per_class()["miou"] == pytest.approx(iou)
+    assert m.per_class()["mean_acc"] == pytest.approx([2 / 3, 1.0, 2 / 3])
     assert out["miou"] == pytest.approx(sum(iou) / 3)
     assert out["pixel_acc"] == pytest.approx(6 / 8)
     assert out["mean_acc"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
@@ -65,7 +71,7 @@ def test_absent_class_left_out_of_the_mean():
     gt = [[0, 0, 1, 1]]
     pred = [[0, 3, 1, 1]]
     m = update(miou(4), [pred], [gt])
-    iou, acc = m.per_class()["iou"], m.per_class()["acc"]
+    iou, acc = m.per_class()["miou"], m.per_class()["mean_acc"]
     assert iou[:2] == pytest.approx([0.5, 1.0]) and math.isnan(iou[2]) and iou[3] == 0.0
     assert acc[:2] == pytest.approx([0.5, 1.0]) and math.isnan(acc[2]) and math.isnan(acc[3])
     assert m.compute()["miou"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
@@ -88,7 +94,7 @@ def test_equals_torchmetrics_where_every_class_appears(seed):
         p = preds[i:i + 2].clamp(max=c - 1)  # torchmetrics validates preds even where the target is void
         ref.update(p, gts[i:i + 2])
         ref_macro.update(p, gts[i:i + 2])
-    assert ours.per_class()["iou"] == pytest.approx(ref.compute().tolist(), abs=1e-6)
+    assert ours.per_class()["miou"] == pytest.approx(ref.compute().tolist(), abs=1e-6)
     assert ours.compute()["miou"] == pytest.approx(ref_macro.compute().item(), abs=1e-6)
 
 
@@ -106,6 +112,8 @@ def test_bad_target_values_and_shapes():
     m = miou(3)
     with pytest.raises(DataError, match=r"target mask has class 7"):
         update(m, [[[0, 1]]], [[[0, 7]]])
+    with pytest.raises(DataError, match=r"target mask has class 7"):  # beside void pixels (fast path)
+        update(m, [[[0, 1, 2]]], [[[0, 7, 255]]])
     with pytest.raises(DataError, match=r"target mask has class -2"):
         update(m, [[[0, 1]]], [[[0, -2]]])
     with pytest.raises(DataError, match="shape"):
@@ -130,7 +138,7 @@ def test_options():
         update(m, [[[0]]], [[[255]]])
     # background excluded from the means when asked (VOC keeps it: the default is None)
     m = update(miou(3, background=0), [[[0, 1, 2, 2]]], [[[0, 1, 1, 2]]])
-    assert math.isnan(m.per_class()["iou"][0])
+    assert math.isnan(m.per_class()["miou"][0])
     assert m.compute()["miou"] == pytest.approx((0.5 + 0.5) / 2)
 
 
@@ -146,3 +154,13 @@ def test_streaming_reset_and_ddp_state_merge():
     assert torch.equal(merged.confmat, whole.confmat)
     whole.reset()
     assert whole.confmat.sum() == 0 and math.isnan(whole.compute()["miou"])
+
+
+def test_fast_and_checked_histograms_agree():
+    g = torch.Generator().manual_seed(4)
+    gt = torch.randint(0, 5, (5000,), generator=g)
+    gt[torch.rand(5000, generator=g) < 0.2] = 255
+    pred = torch.randint(0, 5, (5000,), generator=g)
+    m = miou(5)
+    fast, checked = m._histogram(pred, gt), m._histogram_checked(pred, gt)
+    assert torch.equal(fast, checked) and int(fast.sum()) == int((gt != 255).sum())

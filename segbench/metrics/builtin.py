@@ -1,0 +1,66 @@
+"""The built-in metric plugin: registers ``miou``, ``cls_map`` and ``loc_map``.
+
+Registration imports no torch; each ``build`` imports its implementation.
+Definitions: ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from segbench import hookimpl
+from segbench.specs import MetricSpec
+
+
+def build_miou(**options: Any):
+    """Build :class:`segbench.metrics.confusion.MeanIoU`."""
+    from segbench.metrics.confusion import MeanIoU
+
+    return MeanIoU(**options)
+
+
+def build_cls_map(**options: Any):
+    """Build :class:`segbench.metrics.classification.ClassificationMAP`."""
+    from segbench.metrics.classification import ClassificationMAP
+
+    return ClassificationMAP(**options)
+
+
+def build_loc_map(**options: Any):
+    """Build :class:`segbench.metrics.pointing.PointingMAP`."""
+    from segbench.metrics.pointing import PointingMAP
+
+    return PointingMAP(**options)
+
+
+@hookimpl
+def register_metrics(register: Callable[[MetricSpec], None]) -> None:
+    """Register the three built-in metrics."""
+    register(MetricSpec(
+        name="miou",
+        build=build_miou,
+        requires_outputs={"mask"},
+        requires_annotations={"mask"},
+        primary="miou",
+        options={"num_classes": None, "ignore_index": 255, "background": None},
+        description="mean IoU from one confusion matrix over the dataset (void 255 ignored); "
+                    "also pixel_acc, mean_acc, fw_iou",
+    ))
+    register(MetricSpec(
+        name="cls_map",
+        build=build_cls_map,
+        requires_outputs={"scores"},
+        requires_annotations={"labels"},
+        primary="cls_map",
+        options={"num_classes": None, "background": None, "variant": "voc12"},
+        description="classification mAP of image-level scores (VOC devkit; variant voc12, voc07 or raw)",
+    ))
+    register(MetricSpec(
+        name="loc_map",
+        build=build_loc_map,
+        requires_outputs={"score_maps"},
+        requires_annotations={"boxes"},
+        primary="loc_map",
+        options={"num_classes": None, "background": None, "variant": "voc12", "tolerance": 18, "point": "max"},
+        description="pointing localization mAP of Oquab et al. 2015 (score-map maximum in a box +- tolerance px)",
+    ))
