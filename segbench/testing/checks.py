@@ -139,7 +139,7 @@ def check_learns(ctx: CheckContext) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(loss.item())
     assert all(math.isfinite(v) for v in history), f"non-finite loss: {history}"
     first, last = sum(history[:2]) / 2, sum(history[-2:]) / 2
     assert last < first, f"loss did not decrease over 12 steps: {first:.4f} -> {last:.4f}"
