@@ -1,0 +1,84 @@
+"""segbench-weldon: WELDON (Durand, Thome, Cord, CVPR 2016) as a segbench plugin.
+
+Registration only; torch and the model are imported when the method is built,
+so ``segbench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+from segbench import MethodSpec, Recipe, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "T. Durand, N. Thome, M. Cord. WELDON: Weakly Supervised Learning of Deep Convolutional "
+    "Neural Networks. CVPR 2016."
+)
+
+OPTIONS = {
+    "backbone": "test_resnet",  # any timm model with features_only
+    "out_index": 2,  # feature level the class maps are computed on (timm out_indices; -1 = last)
+    "output_stride": None,  # dilate the backbone to this stride (8, 16) where timm supports it
+    "pretrained": False,  # timm's ImageNet weights (needs the hub or its cache)
+    "weights": None,  # a local .pth/.safetensors file for the backbone (implies pretrained)
+    "backbone_args": None,  # extra timm.create_model arguments, e.g. {"channels": (32, 64, 64, 96)}
+    "maps_per_class": 1,  # WILDCAT-style modalities: class map = mean of M maps
+    "kmax": 3,  # top regions: a count >= 1 or a fraction in (0, 1)
+    "kmin": 3,  # lowest regions (negative evidence); 0 = off
+    "alpha": 1.0,  # weight of the min term (WELDON: 1)
+    "loss": "bce",  # bce | margin (binary hinge on every class)
+    "dropout": 0.0,  # 2-D dropout on the features before the class-map convolution
+}
+
+RECIPES = [
+    Recipe(
+        "quick",
+        "CPU quickstart on shapes: test_resnet cut at stride 8, 64 px images, AdamW, about a minute of training",
+        train={"steps": 1500, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+               "schedule": "cosine", "warmup_steps": 50, "threads": 2},
+        model={"backbone": "test_resnet", "out_index": 2},
+        data={"image_size": 64},
+    ),
+    Recipe(
+        "bench",
+        "shapes leaderboard (<= 6 min on 2 cores): test_resnet cut at stride 8, 96 px images, AdamW",
+        train={"steps": 2500, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+               "schedule": "cosine", "warmup_steps": 100, "threads": 2},
+        model={"backbone": "test_resnet", "out_index": 2},
+        data={"image_size": 96},
+    ),
+    Recipe(
+        "paper",
+        "GPU: ImageNet-pretrained ResNet-101, WELDON k=15, 224 px, SGD lr 1e-2 batch 40, 20 epochs of VOC07 "
+        "trainval (the authors' ResNet-101 reference code; the CVPR paper itself used multi-scale VGG16)",
+        train={"steps": 2500, "batch_size": 40, "optimizer": "sgd", "lr": 1e-2, "momentum": 0.9,
+               "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0},
+        model={"backbone": "resnet101", "out_index": -1, "pretrained": True, "kmax": 15, "kmin": 15,
+               "alpha": 1.0, "loss": "bce"},
+        data={"image_size": 224},
+    ),
+]
+
+
+def build(num_classes: int, **options):
+    """Build a :class:`segbench_weldon.model.Weldon` (imports torch)."""
+    from segbench_weldon.model import build_weldon
+
+    return build_weldon(num_classes, **options)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    """Register the ``weldon`` method."""
+    register(
+        MethodSpec(
+            name="weldon",
+            build=build,
+            supervision="image",
+            outputs={"scores", "score_maps"},
+            options=OPTIONS,
+            recipes=RECIPES,
+            description="WELDON: class maps from a 1x1 conv, top-k max + min region pooling, image-level labels",
+            paper=PAPER,
+        )
+    )

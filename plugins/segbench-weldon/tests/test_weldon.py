@@ -1,0 +1,165 @@
+"""The weldon method: registration, outputs, losses and pooling options, on a tiny backbone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segbench
+from segbench.errors import ConfigError
+from segbench.plugins import get_registry
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+C = 7
+TINY = {"backbone": "test_resnet", "out_index": 1}  # stride 4: 32 px images -> 8x8 class maps
+
+
+def build(**options):
+    torch.manual_seed(0)
+    return segbench.create_method("weldon", C, **{**TINY, **options})
+
+
+def batch(n: int = 4, size: int = 32):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, size, size, generator=g)
+    labels = torch.zeros(n, C)
+    for i in range(n):
+        labels[i, 1 + i % (C - 1)] = 1.0
+    return images, [{"labels": row} for row in labels]
+
+
+def test_spec_is_registered_from_the_entry_point():
+    spec = get_registry().method("weldon")
+    assert spec.supervision == "image"
+    assert spec.outputs == {"scores", "score_maps"}
+    assert set(spec.recipes) == {"quick", "bench", "paper"}
+    assert "WELDON" in spec.paper and "CVPR 2016" in spec.paper
+    for recipe in spec.recipes.values():
+        assert set(recipe.model) <= set(spec.options)
+    assert spec.recipes["paper"].model["pretrained"] is True
+    assert get_registry().plugins["weldon"].ok
+
+
+def test_plugin_import_does_not_import_torch():
+    code = "import sys, segbench_weldon; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_predict_outputs_keys_shapes_dtypes():
+    model = build().eval()
+    images, _ = batch(3)
+    predictions = model.predict(images)
+    assert len(predictions) == 3
+    for p in predictions:
+        assert set(p) == {"scores", "score_maps"}
+        assert p["scores"].shape == (C,) and p["scores"].dtype == torch.float32
+        assert p["score_maps"].shape == (C, 8, 8) and p["score_maps"].dtype == torch.float32
+        assert torch.isfinite(p["scores"]).all() and torch.isfinite(p["score_maps"]).all()
+
+
+def test_any_image_size_and_maps_per_class():
+    model = build(maps_per_class=3).eval()
+    p = model.predict(torch.randn(1, 3, 40, 56))[0]
+    assert p["score_maps"].shape == (C, 10, 14) and p["scores"].shape == (C,)
+    assert model.head.conv.out_channels == 3 * C
+
+
+@pytest.mark.parametrize("kmax, kmin, alpha", [(1, 0, 1.0), (3, 3, 1.0), (0.25, 0.1, 0.7), (64, 0, 1.0)])
+def test_scores_are_the_pooled_score_maps(kmax, kmin, alpha):
+    model = build(kmax=kmax, kmin=kmin, alpha=alpha).eval()
+    images, _ = batch(2)
+    for p in model.predict(images):
+        cells = p["score_maps"].flatten(1).sort(dim=1, descending=True).values  # [C, 64]
+        k_hi = kmax if kmax >= 1 else round(kmax * 64)
+        k_lo = kmin if kmin >= 1 or kmin == 0 else round(kmin * 64)
+        expected = cells[:, :min(k_hi, 64)].mean(1)
+        if k_lo:
+            expected = expected + alpha * cells[:, -k_lo:].mean(1)
+        torch.testing.assert_close(p["scores"], expected)
+
+
+def test_kmax_and_kmin_options_move_the_scores_as_expected():
+    images, _ = batch(2)
+    scores = {}
+    for key, opts in {"max": dict(kmax=1, kmin=0), "top5": dict(kmax=5, kmin=0), "avg": dict(kmax=64, kmin=0),
+                      "max+min": dict(kmax=1, kmin=1)}.items():
+        model = build(**opts).eval()  # same seed: same weights, only the pooling differs
+        scores[key] = torch.stack([p["scores"] for p in model.predict(images)])
+        maps = torch.stack([p["score_maps"] for p in model.predict(images)])
+    assert (scores["max"] >= scores["top5"]).all() and (scores["top5"] >= scores["avg"]).all()
+    assert (scores["max"] > scores["avg"]).any()
+    torch.testing.assert_close(scores["max"], maps.amax((2, 3)))
+    torch.testing.assert_close(scores["avg"], maps.mean((2, 3)))
+    torch.testing.assert_close(scores["max+min"], maps.amax((2, 3)) + maps.amin((2, 3)))
+
+
+@pytest.mark.parametrize("loss", ["bce", "margin"])
+def test_loss_value_matches_its_formula(loss):
+    model = build(loss=loss).eval()  # eval: batch norm uses running stats, so forward is repeatable
+    images, targets = batch(3)
+    labels = torch.stack([t["labels"] for t in targets])
+    scores, _ = model(images)
+    if loss == "bce":
+        expected = F.binary_cross_entropy_with_logits(scores, labels)
+    else:
+        expected = torch.clamp(1 - (2 * labels - 1) * scores, min=0).mean()
+    torch.testing.assert_close(model.loss(images, targets)["loss"], expected)
+
+
+def test_labels_ignore_leaves_classes_out_of_the_loss():
+    model = build().eval()
+    images, targets = batch(2)
+    ignore = torch.zeros(C, dtype=torch.bool)
+    ignore[3] = True
+    ignored = [{**t, "labels_ignore": ignore} for t in targets]
+    scores, _ = model(images)
+    labels = torch.stack([t["labels"] for t in targets])
+    per = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+    keep = ~ignore.expand_as(per)
+    torch.testing.assert_close(model.loss(images, ignored)["loss"], per[keep].mean())
+
+
+@pytest.mark.parametrize("loss", ["bce", "margin"])
+def test_loss_is_finite_and_decreases_on_a_tiny_batch(loss):
+    model = build(loss=loss).train()
+    images, targets = batch(4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    values = []
+    for _ in range(25):
+        out = model.loss(images, targets)
+        assert set(out) == {"loss"} and out["loss"].dim() == 0
+        assert torch.isfinite(out["loss"])
+        optimizer.zero_grad()
+        out["loss"].backward()
+        if not values:  # the first step's gradients reach the backbone
+            assert all(p.grad is not None for p in model.backbone.parameters())
+            assert sum(float(p.grad.abs().sum()) for p in model.backbone.parameters()) > 0
+        optimizer.step()
+        values.append(float(out["loss"].detach()))
+    assert values[-1] < 0.5 * values[0]
+
+
+def test_backbone_args_reach_timm():
+    model = build(backbone_args={"channels": (16, 24, 24, 24), "zero_init_last": False})
+    assert model.backbone.feature_info.channels() == [16]  # out_index 1: the first stage
+    assert model.head.conv.in_channels == 16
+    assert torch.all(model.backbone.layer1[0].bn2.weight != 0)  # timm zero-initialises it by default
+    assert torch.all(build().backbone.layer1[0].bn2.weight == 0)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [({"loss": "hinge2"}, "loss"), ({"kmax": 2.5}, "kmax"), ({"kmin": -1}, "kmin"),
+     ({"maps_per_class": 0}, "maps_per_class"), ({"nope": 1}, "nope"),
+     ({"backbone_args": {"no_such_arg": 1}}, "no_such_arg"), ({"backbone_args": 3}, "backbone_args"),
+     ({"out_index": 9}, "out_index"), ({"backbone": "no_such_net"}, "no_such_net")],
+)
+def test_bad_options_are_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match):
+        build(**options)
