@@ -187,6 +187,34 @@ def data_export(name, fmt, out, split, segmentation, overrides, overwrite) -> No
     click.echo(f"wrote {len(paths)} files under {out}")
 
 
+@data_group.command("check")
+@click.argument("name")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Dataset root (default: $SEGBENCH_DATA/NAME).")
+@click.option("--split", default=None, help="Only this split (default: every split whose files are there).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dataset options.")
+@click.option("--strict", is_flag=True,
+              help="Warnings (e.g. split counts that differ from the official ones) fail too.")
+@click.option("--quick", is_flag=True, help="Only the cheap checks a run does (no pixel decoding).")
+def data_check(name, root, split, overrides, strict, quick) -> None:
+    """Walk dataset NAME and print one line per problem; exit 0 only when clean."""
+    from segbench.data.checks import check_dataset
+    from segbench.engine.config import parse_overrides
+
+    options = parse_overrides(overrides)
+    report = check_dataset(name, root, split, full=not quick, options=options)
+    for problem in report.errors + report.warnings:
+        click.echo(problem.line())
+    for summary in report.summaries:
+        click.echo(summary, err=True)
+    strict = strict or bool(options.get("strict"))
+    if not report.clean(strict):
+        blocking = len(report.errors) + (len(report.warnings) if strict else 0)
+        click.echo(f"{name}: {blocking} problem(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"{name}: clean" + (f" ({len(report.warnings)} warning(s))" if report.warnings else ""), err=True)
+
+
 # -- check ---------------------------------------------------------------------
 @cli.command("check")
 @click.argument("method")
@@ -206,6 +234,26 @@ def check_command(method, overrides) -> None:
     if failures:
         raise SystemExit(1)
     click.echo(f"{method}: all checks passed")
+
+
+# -- coco-eval -----------------------------------------------------------------
+@cli.command("coco-eval")
+@click.option("--gt", "gt_path", required=True, type=click.Path(dir_okay=False),
+              help="COCO ground truth (instances_*.json).")
+@click.option("--results", "results_path", required=True, type=click.Path(dir_okay=False),
+              help="COCO results: a JSON list of {image_id, category_id, score, bbox and/or segmentation}.")
+@click.option("--iou-type", type=click.Choice(["bbox", "segm", "both", "auto"]), default="auto", show_default=True,
+              help="auto: every type the results carry.")
+@click.option("--backend", type=click.Choice(["pycocotools", "faster"]), default=None,
+              help="COCOeval implementation (default: the coco_ap metric's).")
+def coco_eval_command(gt_path, results_path, iou_type, backend) -> None:
+    """Score a COCO results file: the twelve COCO numbers per type, as COCOeval.summarize() prints them."""
+    from segbench.metrics.coco import evaluate_files
+
+    for name, evaluation in evaluate_files(gt_path, results_path, iou_type, backend).items():
+        click.echo(f"type={name}")
+        for line in evaluation.lines():
+            click.echo(line)
 
 
 def _add_plugin_commands() -> None:

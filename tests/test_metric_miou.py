@@ -28,10 +28,10 @@ def test_registration_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_builtin_plugin_registers_the_three_metrics():
+def test_builtin_plugin_registers_the_core_metrics():
     info = segbench.plugins.get_registry().plugins["segbench.metrics.builtin"]
     assert info.ok, info.error
-    assert sorted(info.registered) == ["metric:cls_map", "metric:loc_map", "metric:miou"]
+    assert {"metric:cls_map", "metric:loc_map", "metric:miou"} <= set(info.registered)
 
 
 def test_spec_options_and_primary():

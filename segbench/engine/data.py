@@ -16,9 +16,7 @@ class TrainView:
 
     def __init__(self, dataset, keys: frozenset[str], transform=None) -> None:
         self.dataset = dataset
-        self.keys = set(keys) | {"labels"}
-        if "boxes" in self.keys or "masks" in self.keys:
-            self.keys |= {"boxes", "classes", "masks", "iscrowd"}
+        self.keys = training_keys(keys)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -33,8 +31,20 @@ class TrainView:
         return {"image": image, "target": target, "meta": sample["meta"]}
 
 
-def train_transform(train_config) -> Any:
-    """Random horizontal flip, then optional random scale and crop (image, mask and boxes move together)."""
+def training_keys(keys) -> set[str]:
+    """The target keys a method learning from ``keys`` needs (instances travel as a group)."""
+    keys = set(keys) | {"labels", "labels_ignore"}
+    if "boxes" in keys or "masks" in keys:
+        keys |= {"boxes", "classes", "masks", "iscrowd"}
+    return keys
+
+
+def train_transform(train_config, keys: frozenset[str] | set[str] = frozenset()) -> Any:
+    """Random horizontal flip, then optional random scale and crop (image, mask and boxes move together).
+
+    ``keys`` are the target keys the samples keep; boxes cut away by a crop
+    are dropped only when samples carry boxes.
+    """
     from torchvision.transforms import v2
 
     steps = []
@@ -46,7 +56,8 @@ def train_transform(train_config) -> Any:
     if train_config.crop_size:
         size = train_config.crop_size
         steps.append(v2.RandomCrop(size, pad_if_needed=True, fill={"others": 0, _mask_type(): 255}))
-        steps.append(v2.SanitizeBoundingBoxes(labels_getter=_classes_getter, min_size=1))
+        if "boxes" in keys:
+            steps.append(v2.SanitizeBoundingBoxes(labels_getter=_classes_getter, min_size=1))
     return v2.Compose(steps) if steps else None
 
 

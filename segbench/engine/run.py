@@ -160,7 +160,8 @@ def run_experiment(
 
     from segbench.api import create_dataset
     from segbench.engine.checkpoint import save_weights
-    from segbench.engine.data import TrainView, make_loader, train_transform
+    from segbench.data.checks import validate
+    from segbench.engine.data import TrainView, make_loader, train_transform, training_keys
     from segbench.engine.device import amp_in_effect, device_name, resolve_device
     from segbench.engine.evaluate import evaluate
     from segbench.engine.seeding import seed_everything, set_deterministic
@@ -171,7 +172,12 @@ def run_experiment(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     eval_set = create_dataset(dataset, split, root=root, **config.data)
+    validate(eval_set)  # a dataset with problems stops here, before training and before any record
+    if hasattr(eval_set, "select_targets"):  # decode only what the metrics read
+        needed = set().union(*(m.requires_annotations for m in metric_specs.values())) | {"labels", "labels_ignore"}
+        eval_set.select_targets(needed)
     identity = dataset_identity(eval_set, dataset_spec, split, config.data)
+    identity["skipped"] = getattr(eval_set, "skipped", 0)
     env = collect_environment(device=str(torch_device))
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
@@ -187,6 +193,10 @@ def run_experiment(
     set_deterministic(config.train.deterministic)
     seed_everything(seed)
     train_set = create_dataset(dataset, dataset_spec.train_split, root=root, **config.data)
+    validate(train_set)
+    keys = training_keys(method_spec.requires_annotations)
+    if hasattr(train_set, "select_targets"):
+        train_set.select_targets(keys)
     model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -196,7 +206,8 @@ def run_experiment(
         recipe=recipe, seed=seed, config=config_dict, dataset_identity=identity,
         class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size, world_size=1,
         deterministic=config.train.deterministic, environment=env,
-        extra={"amp": amp_in_effect(torch_device, config.train.amp)},
+        extra={"amp": amp_in_effect(torch_device, config.train.amp),
+               "train_skipped": getattr(train_set, "skipped", 0)},
     )
     record = store.write_new(record)  # claims {run_id}.json, or -2, -3... for a forced re-run
     record_path = store.path_for(record.run_id)
@@ -208,7 +219,7 @@ def run_experiment(
         for data in (train_set, eval_set):  # generate once, not once per loader worker
             if config.train.workers and hasattr(data, "materialize"):
                 data.materialize()
-        view = TrainView(train_set, method_spec.requires_annotations, train_transform(config.train))
+        view = TrainView(train_set, keys, train_transform(config.train, keys))
         loader = make_loader(view, config.train.batch_size, shuffle=True, seed=seed,
                              workers=config.train.workers, drop_last=len(view) > config.train.batch_size)
         echo(f"run {record.run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "

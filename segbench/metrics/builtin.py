@@ -1,4 +1,4 @@
-"""The built-in metric plugin: registers ``miou``, ``cls_map`` and ``loc_map``.
+"""The built-in metric plugin: registers ``miou``, ``cls_map``, ``loc_map``, ``coco_ap`` and ``accuracy``.
 
 Registration imports no torch; each ``build`` imports its implementation.
 Definitions: ``docs/metrics.md``.
@@ -33,9 +33,23 @@ def build_loc_map(**options: Any):
     return PointingMAP(**options)
 
 
+def build_coco_ap(**options: Any):
+    """Build :class:`segbench.metrics.coco.CocoAP`."""
+    from segbench.metrics.coco import CocoAP
+
+    return CocoAP(**options)
+
+
+def build_accuracy(**options: Any):
+    """Build :class:`segbench.metrics.accuracy.Accuracy`."""
+    from segbench.metrics.accuracy import Accuracy
+
+    return Accuracy(**options)
+
+
 @hookimpl
 def register_metrics(register: Callable[[MetricSpec], None]) -> None:
-    """Register the three built-in metrics."""
+    """Register the built-in metrics."""
     register(MetricSpec(
         name="miou",
         build=build_miou,
@@ -63,4 +77,24 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
         primary="loc_map",
         options={"num_classes": None, "background": None, "variant": "voc12", "tolerance": 18, "point": "max"},
         description="pointing localization mAP of Oquab et al. 2015 (score-map maximum in a box +- tolerance px)",
+    ))
+    register(MetricSpec(
+        name="coco_ap",
+        build=build_coco_ap,
+        requires_outputs={"instances"},
+        requires_annotations={"boxes", "masks"},
+        primary="coco_ap_segm",
+        options={"num_classes": None, "background": None, "iou_types": None, "backend": "pycocotools",
+                 "annotation_file": None, "category_ids": None, "mask_threshold": 0.5},
+        description="COCO box and mask AP, AP50, AP75, APs/m/l, AR1/10/100 (pycocotools COCOeval)",
+    ))
+    register(MetricSpec(
+        name="accuracy",
+        build=build_accuracy,
+        requires_outputs={"scores"},
+        requires_annotations={"labels"},
+        primary="mean_class_accuracy",
+        options={"num_classes": None, "background": None, "single_label": None},
+        description="single-label accuracy and mean per-class accuracy of the argmax of the scores "
+                    "(MIT67, 15-Scene; nothing on multi-label data)",
     ))

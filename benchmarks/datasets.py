@@ -1,0 +1,236 @@
+"""Dataset loading speed and the COCO index's memory, side by side with their anchors (not a test).
+
+1. Throughput, images per second through a ``torch.utils.data.DataLoader``
+   (0 and 2 workers, batches of 8, the engine's collate), of
+   - a VOC-layout folder: the 101 genuine VOC2012 JPEGs and XMLs of
+     ../shared/data with a class mask per image (the 3 genuine ones, box-shaped
+     masks with a void border for the others) and its 1 object mask;
+   - a COCO-layout folder: the 37 genuine val2017 images and annotations;
+   against a bare loop that only decodes the same JPEGs with the same decoder
+   (``segbench.data.files.read_rgb``). Goal: at least 0.8 of the bare loop.
+   Each dataset is timed with every target (the default), with ``labels`` and
+   ``mask`` (what a pixel-supervised method trains on) and with ``labels``
+   only (an image-supervised method), see ``FileDataset.select_targets``.
+2. Peak memory of building the ``coco`` dataset object from a generated
+   5,000-image, 36,000-annotation instances file, against pycocotools'
+   ``COCO()`` on the same file, each in a fresh process (peak RSS above the
+   RSS before the build, after the imports; Linux ``clear_refs`` resets the
+   peak). Goal: at most 1.5x.
+
+Run: ``python benchmarks/datasets.py [--passes N]`` (about two minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("SEGBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+VOC12 = SHARED / "voc2012" / "VOCdevkit" / "VOC2012"
+COCO_ROOT = SHARED / "coco"
+
+
+# -- throughput ---------------------------------------------------------------------------------------------
+def make_voc(out: Path) -> Path:
+    """A VOC2012 layout of the 101 genuine images: real masks where they exist, box masks elsewhere."""
+    from PIL import Image
+
+    from segbench.data.builtin import VOC_CLASSES
+    from segbench.data.export import voc_palette
+
+    voc = out / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    ids = sorted(p.stem for p in (VOC12 / "JPEGImages").glob("*.jpg"))
+    for image_id in ids:
+        for sub, ext in (("JPEGImages", "jpg"), ("Annotations", "xml")):
+            shutil.copy(VOC12 / sub / f"{image_id}.{ext}", voc / sub / f"{image_id}.{ext}")
+        for sub in ("SegmentationClass", "SegmentationObject"):
+            if (VOC12 / sub / f"{image_id}.png").exists():
+                shutil.copy(VOC12 / sub / f"{image_id}.png", voc / sub / f"{image_id}.png")
+        if not (voc / "SegmentationClass" / f"{image_id}.png").exists():
+            width, height = Image.open(voc / "JPEGImages" / f"{image_id}.jpg").size
+            mask = np.zeros((height, width), dtype=np.uint8)
+            for obj in ET.parse(voc / "Annotations" / f"{image_id}.xml").getroot().findall("object"):
+                box = [int(float(obj.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")]
+                mask[box[1] - 1:box[3], box[0] - 1:box[2]] = 255
+                mask[box[1] + 2:box[3] - 3, box[0] + 2:box[2] - 3] = VOC_CLASSES.index(obj.findtext("name"))
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette(voc_palette())
+            png.save(voc / "SegmentationClass" / f"{image_id}.png")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return out
+
+
+class BareJPEGs:
+    """Decodes the JPEGs, nothing else: the anchor."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from segbench.data.files import read_rgb
+
+        return read_rgb(self.paths[index])
+
+
+def _first(batch):
+    return batch
+
+
+def images_per_second(dataset, workers: int, passes: int) -> float:
+    """Best of ``passes`` full passes over ``dataset``, images per second."""
+    import torch
+
+    from segbench.engine.data import collate
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=False, num_workers=workers,
+                                         collate_fn=collate if not isinstance(dataset, BareJPEGs) else _first,
+                                         persistent_workers=workers > 0, worker_init_fn=_one_thread)
+    best = 0.0
+    for _ in range(passes + 1):  # the first pass warms the page cache and starts the workers
+        start = time.perf_counter()
+        count = sum(len(batch["images"] if isinstance(batch, dict) else batch) for batch in loader)
+        best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
+def _one_thread(_worker: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def throughput(passes: int) -> list[tuple[str, int, float, float]]:
+    from segbench.data.coco import COCO
+    from segbench.data.voc import VOC2012
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        voc_root = make_voc(Path(tmp))
+        voc = VOC2012(voc_root, "train")
+        coco = COCO(COCO_ROOT, "val")
+        sets = {
+            "VOC": (voc, [r.image for r in voc.records]),
+            "COCO": (coco, [str(coco.image_dir / coco.coco.imgs[i]["file_name"]) for i in coco.image_ids]),
+        }
+        for name, (dataset, paths) in sets.items():
+            for workers in (0, 2):
+                bare = images_per_second(BareJPEGs([str(p) for p in paths]), workers, passes)
+                for keys, label in ((None, "all targets"), ({"labels", "mask"}, "labels + mask"),
+                                    ({"labels"}, "labels only")):
+                    dataset.select_targets(keys)
+                    ours = images_per_second(dataset, workers, passes)
+                    rows.append((f"{name} ({len(dataset)} images), {label}", workers, ours, bare))
+                dataset.select_targets(None)
+    return rows
+
+
+# -- COCO index memory ----------------------------------------------------------------------------------------
+def make_instances(path: Path, images: int = 5000, annotations: int = 36000, seed: int = 0) -> None:
+    """A COCO 2017 instances file: 640x480 images, polygons of 8-40 points, 1% crowd (uncompressed RLE)."""
+    from segbench.data.builtin import COCO_CATEGORIES
+
+    rng = np.random.default_rng(seed)
+    owners = np.sort(rng.integers(1, images + 1, annotations))
+    anns = []
+    for k, image_id in enumerate(owners.tolist(), start=1):
+        cx, cy, r = rng.uniform(40, 600), rng.uniform(40, 440), rng.uniform(5, 40)
+        if rng.random() < 0.01:
+            counts = rng.integers(1, 400, 2 * int(rng.integers(20, 200))).tolist()
+            total = 480 * 640
+            counts.append(max(0, total - sum(counts)))
+            segmentation = {"size": [480, 640], "counts": counts}
+            crowd = 1
+        else:
+            n = int(rng.integers(8, 41))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            radii = r * rng.uniform(0.6, 1.0, n)
+            points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).round(2)
+            segmentation = [points.ravel().tolist()]
+            crowd = 0
+        anns.append({"id": k, "image_id": image_id, "category_id": COCO_CATEGORIES[k % 80][0],
+                     "segmentation": segmentation, "area": float(np.pi * r * r), "iscrowd": crowd,
+                     "bbox": [round(cx - r, 2), round(cy - r, 2), round(2 * r, 2), round(2 * r, 2)]})
+    doc = {"info": {"description": "generated by benchmarks/datasets.py"}, "licenses": [],
+           "images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": 480, "width": 640}
+                      for i in range(1, images + 1)],
+           "annotations": anns,
+           "categories": [{"id": i, "name": n, "supercategory": "thing"} for i, n in COCO_CATEGORIES]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+_MEMORY_CHILD = r"""
+import sys, tracemalloc
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+which, root = sys.argv[1], sys.argv[2]
+from pycocotools.coco import COCO as PyCOCO
+import segbench.data.coco
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS to the current RSS
+before = rss("VmRSS:")
+tracemalloc.start()
+if which == "pycocotools":
+    obj = PyCOCO(root + "/annotations/instances_val2017.json")
+else:
+    obj = segbench.data.coco.COCO(root, "val")
+traced = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+print(rss("VmHWM:") - before, rss("VmRSS:") - before, traced)
+"""
+
+
+def coco_memory() -> dict[str, tuple[int, int, int]]:
+    """{builder: (peak RSS over the start, RSS kept, tracemalloc peak)} in bytes, each in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make_instances(Path(tmp) / "annotations" / "instances_val2017.json")
+        (Path(tmp) / "val2017").mkdir()
+        out = {}
+        for which in ("pycocotools", "segbench"):
+            result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, which, tmp], capture_output=True,
+                                    text=True, check=True)
+            out[which] = tuple(int(v) for v in result.stdout.split()[-3:])
+        out["file"] = (os.path.getsize(Path(tmp) / "annotations" / "instances_val2017.json"), 0, 0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per configuration (best kept)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    print("Loading throughput (images/s through a DataLoader, best of %d passes)" % args.passes)
+    print(f"{'dataset':<44} {'workers':>7} {'ours':>8} {'bare JPEG':>10} {'ratio':>6}")
+    for name, workers, ours, bare in throughput(args.passes):
+        print(f"{name:<44} {workers:>7} {ours:>8.1f} {bare:>10.1f} {ours / bare:>6.2f}")
+    memory = coco_memory()
+    mib = 1 << 20
+    print(f"\nCOCO index, 5,000 images / 36,000 annotations ({memory['file'][0] / mib:.1f} MiB of JSON)")
+    print(f"{'builder':<14} {'peak RSS':>10} {'RSS kept':>10} {'tracemalloc peak':>17}")
+    for which in ("pycocotools", "segbench"):
+        peak, kept, traced = memory[which]
+        print(f"{which:<14} {peak / mib:>8.1f} M {kept / mib:>8.1f} M {traced / mib:>15.1f} M")
+    print(f"ratio (peak RSS): {memory['segbench'][0] / memory['pycocotools'][0]:.2f}  "
+          f"(tracemalloc: {memory['segbench'][2] / memory['pycocotools'][2]:.2f}); goal <= 1.5")
+
+
+if __name__ == "__main__":
+    main()
