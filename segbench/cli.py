@@ -120,14 +120,20 @@ def _print_metrics(record: dict) -> None:
 @click.option("--root", default=None, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--save-predictions", default=None, type=click.Path(dir_okay=False),
+              help="Write instance predictions as a COCO results JSON (score it with segbench coco-eval).")
 @click.option("--quiet", "-q", is_flag=True)
-def eval_command(run_id, dataset, split, root, device, runs_dir, quiet) -> None:
+def eval_command(run_id, dataset, split, root, device, runs_dir, save_predictions, quiet) -> None:
     """Evaluate a finished run's weights on a dataset and split."""
     from segbench.engine.reeval import evaluate_run
 
+    if save_predictions and Path(save_predictions).exists():
+        raise click.UsageError(f"{save_predictions} already exists; choose another file")
     record = evaluate_run(run_id, dataset=dataset, split=split, root=root, device=device, runs=runs_dir,
-                          progress=not quiet)
+                          progress=not quiet, save_predictions=save_predictions)
     _print_metrics(record)
+    if save_predictions:
+        click.echo(f"predictions: {save_predictions}")
 
 
 # -- leaderboard ---------------------------------------------------------------

@@ -46,6 +46,18 @@ def test_resize_prediction_to_original_size():
     assert torch.equal(same["score_maps"], maps)
 
 
+def test_instances_follow_the_resize():
+    instances = {"boxes": torch.tensor([[2.0, 4.0, 6.0, 8.0]]), "classes": torch.tensor([1]),
+                 "scores": torch.tensor([0.9]), "masks": torch.zeros(1, 10, 20, dtype=torch.bool)}
+    instances["masks"][0, 4:8, 2:6] = True
+    out = resize_prediction({"instances": instances}, (20, 40))["instances"]
+    assert out["masks"].shape == (1, 20, 40) and out["masks"].dtype == torch.bool
+    assert out["masks"].sum() == 4 * 16
+    assert out["boxes"].tolist() == [[4.0, 8.0, 12.0, 16.0]]
+    boxes_only = resize_prediction({"instances": {"boxes": torch.tensor([[1.0, 1.0, 2.0, 2.0]])}}, (30, 30), (10, 10))
+    assert boxes_only["instances"]["boxes"].tolist() == [[3.0, 3.0, 6.0, 6.0]]
+
+
 def test_weights_round_trip_and_errors(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     path = save_weights(model, tmp_path / "w.safetensors")

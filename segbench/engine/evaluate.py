@@ -19,8 +19,13 @@ class EvalResult:
     labels: Any = None  # [N, C] image-level labels seen, for the class-prior baseline
 
 
-def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int]) -> dict:
-    """``score_maps`` bilinearly and ``mask`` (nearest) to ``size`` = (H, W); the rest unchanged, on the CPU."""
+def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int],
+                      input_size: tuple[int, int] | None = None) -> dict:
+    """``score_maps`` bilinearly and ``mask`` (nearest) to ``size`` = (H, W), on the CPU.
+
+    ``instances`` follow too: their masks are resized to ``size`` and their
+    boxes scaled from ``input_size`` (the size the network saw) to ``size``.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -35,10 +40,30 @@ def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int]) -> d
                 value = F.interpolate(value[None, None].float(), size=size, mode="nearest")[0, 0]
             value = value.long()
         elif key == "instances":
-            value = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+            value = resize_instances(value, size, input_size)
         if isinstance(value, torch.Tensor):
             value = value.detach().float().cpu() if key != "mask" else value.detach().cpu()
         out[key] = value
+    return out
+
+
+def resize_instances(instances: Mapping[str, Any], size: tuple[int, int],
+                     input_size: tuple[int, int] | None = None) -> dict:
+    """Instance masks to ``size`` (bilinear for probabilities, nearest for bool) and boxes scaled to match."""
+    import torch
+    import torch.nn.functional as F
+
+    out = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in instances.items()}
+    masks = out.get("masks")
+    frame = tuple(masks.shape[-2:]) if masks is not None and masks.dim() == 3 else input_size
+    if masks is not None and masks.numel() and tuple(masks.shape[-2:]) != tuple(size):
+        if masks.dtype == torch.bool:
+            out["masks"] = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        else:
+            out["masks"] = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    if frame is not None and tuple(frame) != tuple(size) and "boxes" in out:
+        scale = torch.tensor([size[1] / frame[1], size[0] / frame[0]] * 2)
+        out["boxes"] = out["boxes"].float() * scale
     return out
 
 
@@ -71,7 +96,7 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
                     outputs = model.predict(inputs)
                 for i, output in zip(group, outputs):
                     orig = tuple(batch["metas"][i]["orig_size"])
-                    predictions[i] = resize_prediction(output, orig)
+                    predictions[i] = resize_prediction(output, orig, tuple(inputs.shape[-2:]))
             targets = targets_to(batch["targets"], torch.device("cpu"))
             for metric in metrics.values():
                 metric.update(predictions, targets)

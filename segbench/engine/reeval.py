@@ -9,8 +9,13 @@ from segbench.errors import ConfigError, DataError
 
 
 def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
-                 device: str = "auto", runs: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
-    """Rebuild the run's method from its record, load its weights and evaluate; returns a record-like dict."""
+                 device: str = "auto", runs: str | os.PathLike | None = None, progress: bool = True,
+                 save_predictions: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Rebuild the run's method from its record, load its weights and evaluate; returns a record-like dict.
+
+    ``save_predictions`` writes the instance predictions as a COCO results
+    JSON (methods with ``instances`` outputs only).
+    """
     from segbench.api import create_dataset
     from segbench.engine.checkpoint import load_weights
     from segbench.engine.config import resolve_config
@@ -36,6 +41,11 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
         )
     split = split or (record["split"] if dataset is None else dataset_spec.eval_split)
     specs = applicable_metrics(method_spec, dataset_spec, registry)
+    if save_predictions is not None and "coco_ap" not in specs:
+        raise ConfigError(
+            f"--save-predictions writes COCO results of instance predictions; method '{method_spec.name}' "
+            f"on dataset '{dataset_spec.name}' has none (outputs: {', '.join(sorted(method_spec.outputs))})"
+        )
     config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {})
     config.model.update(record["config"]["model"])
     for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
@@ -53,7 +63,10 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
     train = record["config"]["train"]
     loader = make_loader(eval_set, train.get("eval_batch_size", 16), shuffle=False, seed=0)
-    result = evaluate(model, loader, metric_objects(specs, config, dataset_spec), torch_device,
+    metrics = metric_objects(specs, config, dataset_spec, eval_set)
+    result = evaluate(model, loader, metrics, torch_device,
                       dataset_spec.mean, dataset_spec.std, eval_size=train.get("eval_size", 0), progress=progress)
+    if save_predictions is not None:
+        metrics["coco_ap"].save_predictions(save_predictions)
     return {**record, "dataset": dataset_spec.name, "split": split, "metrics": result.metrics,
             "timings": {"total_s": result.seconds, "eval_s": result.seconds}}

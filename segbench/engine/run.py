@@ -92,12 +92,20 @@ def dataset_identity(dataset: Any, spec: DatasetSpec, split: str, options: Mappi
     return {"name": spec.name, "split": split, "fingerprint": fingerprint, "num_images": len(dataset)}
 
 
-def metric_objects(specs: Mapping[str, MetricSpec], config: ResolvedConfig, dataset: DatasetSpec) -> dict[str, Any]:
-    """Build each metric with its resolved options, plus the baselines reported beside it."""
+def metric_objects(specs: Mapping[str, MetricSpec], config: ResolvedConfig, dataset: DatasetSpec,
+                   eval_set: Any = None) -> dict[str, Any]:
+    """Build each metric with its resolved options, plus the baselines reported beside it.
+
+    A dataset with its own COCO file (``annotation_file``, ``category_ids``)
+    gives ``coco_ap`` its ground truth unless the user set those options.
+    """
     objects: dict[str, Any] = {}
     for name, spec in specs.items():
         options = dict(config.metrics.get(name, {}))
         options.update(_dataset_fill(spec, dataset))
+        if name == "coco_ap" and getattr(eval_set, "annotation_file", None) and not options.get("annotation_file"):
+            options["annotation_file"] = str(eval_set.annotation_file)
+            options["category_ids"] = list(eval_set.category_ids)
         objects[name] = spec.build(**options)
         if name == "loc_map" and "point" in spec.options:
             objects["loc_map@centre"] = spec.build(**{**options, "point": "centre"})
@@ -226,7 +234,7 @@ def run_experiment(
              f"device {torch_device}")
         trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std, progress)
         save_weights(model, weights_path)
-        metric_objs = metric_objects(metric_specs, config, dataset_spec)
+        metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
         eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
                                   workers=config.train.workers)
         result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,

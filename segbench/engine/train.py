@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ def train(model, loader, config, device, mean, std, progress: bool = True) -> Tr
     batches = infinite(loader)
     images_seen, smoothed = 0, float("nan")
     start = time.perf_counter()
-    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # logs get a line every 10 s, not every step
     for step in range(config.steps):
         batch = next(batches)
         images = normalize(batch["images"])

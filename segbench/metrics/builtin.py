@@ -84,7 +84,7 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
         requires_outputs={"instances"},
         requires_annotations={"boxes", "masks"},
         primary="coco_ap_segm",
-        options={"num_classes": None, "background": None, "iou_types": None, "backend": "pycocotools",
+        options={"num_classes": None, "background": None, "iou_types": None, "backend": "faster",
                  "annotation_file": None, "category_ids": None, "mask_threshold": 0.5},
         description="COCO box and mask AP, AP50, AP75, APs/m/l, AR1/10/100 (pycocotools COCOeval)",
     ))
