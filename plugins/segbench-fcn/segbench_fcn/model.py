@@ -85,6 +85,7 @@ class FCN(nn.Module):
             self.upscore_pool4 = BilinearUpsample(num_classes, 2, learnable=learn_upsampling)
             self.score_pool3 = nn.Conv2d(tap_channels[8], num_classes, 1)
             _zero(self.score_pool3)
+        self.fc_pretrained = False  # True once fc6/fc7 hold the ImageNet classifier's weights
         if (pretrained or weights) and backbone.startswith("vgg"):
             self._load_vgg_classifier(backbone, pretrained, weights, fc_channels, fc_kernel)
 
@@ -131,10 +132,9 @@ class FCN(nn.Module):
     def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per image: ``mask`` (argmax), ``score_maps`` (softmax) and ``scores`` (per-class max of the maps)."""
         probs = self(images).float().softmax(dim=1)
-        return [
-            {"mask": p.argmax(dim=0), "score_maps": p, "scores": p.flatten(1).amax(dim=1)}
-            for p in probs
-        ]
+        masks = probs.argmax(dim=1)
+        scores = probs.flatten(2).amax(dim=2)
+        return [{"mask": m, "score_maps": p, "scores": s} for m, p, s in zip(masks, probs, scores)]
 
     # -- pretrained classifier -------------------------------------------------------
     def _load_vgg_classifier(self, name: str, pretrained: bool, weights, fc_channels: int, fc_kernel: int) -> None:

@@ -168,8 +168,14 @@ def test_vgg_pool_taps_use_pool3_and_pool4():
     assert model._tap(features, 8).shape[-2:] == (8, 8)
     assert model._tap(features, 16).shape[-2:] == (4, 4)
     assert model._tap(features, 32).shape[-2:] == (2, 2)
-    stage = FCN(C, variant="8s", backbone="vgg11", fc_channels=8, fc_kernel=3, taps="stage")
-    assert stage.score_pool3.in_channels == 512 and not stage.pool_taps
+
+
+def test_non_vgg_backbones_use_stage_taps_unless_asked():
+    auto = tiny("8s")  # test_resnet: channels 32, 32, 48, 192, 96 at strides 2, 4, 8, 16, 32
+    assert not auto.pool_taps
+    assert (auto.score_pool3.in_channels, auto.score_pool4.in_channels, auto.fc6.in_channels) == (48, 192, 96)
+    pooled = tiny("8s", taps="pool")
+    assert (pooled.score_pool3.in_channels, pooled.score_pool4.in_channels) == (32, 48)
 
 
 def test_vgg_classifier_weights_are_copied_when_shapes_match(monkeypatch):
