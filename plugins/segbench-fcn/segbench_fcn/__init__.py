@@ -33,11 +33,13 @@ OPTIONS: dict[str, Any] = {
 }
 
 _SMALL = {"backbone": "test_resnet", "fc_channels": 256, "fc_kernel": 3, "dropout": 0.0}
-_CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine", "threads": 2}
+_CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 8,
+              "channels_last": True, "threads": 2}
 
 # PAMI "heavy" all-at-once learning, as voc-fcn8s-atonce / voc-fcn32s in the reference repository.
 _PAPER_TRAIN = {"steps": 300_000, "batch_size": 1, "optimizer": "sgd", "lr": 1e-10, "momentum": 0.99,
-                "weight_decay": 5e-4, "schedule": "constant", "warmup_steps": 0, "head_lr_mult": 1.0}
+                "weight_decay": 5e-4, "schedule": "constant", "warmup_steps": 0, "head_lr_mult": 1.0,
+                "hflip": False}
 _PAPER_MODEL = {"backbone": "vgg16", "pretrained": True, "fc_channels": 4096, "fc_kernel": 7, "dropout": 0.5,
                 "taps": "pool", "learn_upsampling": False, "loss_reduction": "sum"}
 
@@ -50,17 +52,17 @@ def _recipes(variant: str) -> list[Recipe]:
             "quick",
             "CPU quickstart on shapes (about 2 minutes on 2 cores): timm test_resnet from scratch, "
             "fc6/fc7 256 wide (3x3 fc6), 96 px, AdamW, cosine",
-            train={**_CPU_TRAIN, "steps": 1200, "batch_size": 16, "warmup_steps": 50},
+            train={**_CPU_TRAIN, "steps": 3600, "warmup_steps": 100},
             model=dict(_SMALL),
-            data={"image_size": 96},
+            data={"image_size": 96, "num_train": 4000},
         ),
         Recipe(
             "bench",
             "shapes leaderboard (<= 6 minutes on 2 cores): test_resnet from scratch, fc6/fc7 256 wide, "
             "96 px, AdamW, cosine",
-            train={**_CPU_TRAIN, "steps": 3000, "batch_size": 16, "warmup_steps": 100},
+            train={**_CPU_TRAIN, "steps": 7000, "warmup_steps": 200},
             model=dict(_SMALL),
-            data={"image_size": 96},
+            data={"image_size": 96, "num_train": 10000},
         ),
         Recipe(
             "paper",

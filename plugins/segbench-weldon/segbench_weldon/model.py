@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, DataError
 from segbench.nn.backbones import create_backbone
 from segbench.nn.heads import ClassMapHead
 from segbench.nn.pooling import WeldonPool2d
@@ -92,10 +92,12 @@ class Weldon(nn.Module):
         scores = scores.float()
         labels = torch.stack([t["labels"] for t in targets]).to(scores.device, torch.float32)
         if labels.shape != scores.shape:
-            raise ConfigError(f"weldon: labels have shape {tuple(labels.shape)}, scores {tuple(scores.shape)}")
+            raise DataError(f"weldon: labels have shape {tuple(labels.shape)}, scores {tuple(scores.shape)}")
         weight = torch.ones_like(labels)
-        if all("labels_ignore" in t for t in targets):
-            weight = 1.0 - torch.stack([t["labels_ignore"] for t in targets]).to(weight)
+        if any("labels_ignore" in t for t in targets):
+            none = torch.zeros(labels.shape[1], dtype=torch.bool)
+            ignore = [t.get("labels_ignore", none).to(weight.device, torch.bool) for t in targets]
+            weight = (~torch.stack(ignore)).to(weight)
         if self.loss_name == "bce":
             per_class = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
         else:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import segbench
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, DataError
 from segbench.plugins import get_registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -126,11 +126,12 @@ def test_labels_ignore_leaves_classes_out_of_the_loss():
     images, targets = batch(2)
     ignore = torch.zeros(C, dtype=torch.bool)
     ignore[3] = True
-    ignored = [{**t, "labels_ignore": ignore} for t in targets]
+    ignored = [{**targets[0], "labels_ignore": ignore}, targets[1]]  # only the first image has the key
     scores, _ = model(images)
     labels = torch.stack([t["labels"] for t in targets])
     per = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-    keep = ~ignore.expand_as(per)
+    keep = torch.ones_like(per, dtype=torch.bool)
+    keep[0, 3] = False
     torch.testing.assert_close(model.loss(images, ignored)["loss"], per[keep].mean())
 
 
@@ -172,3 +173,10 @@ def test_backbone_args_reach_timm():
 def test_bad_options_are_config_errors(options, match):
     with pytest.raises(ConfigError, match=match):
         build(**options)
+
+
+def test_labels_of_the_wrong_size_are_a_data_error():
+    model = build()
+    images, _ = batch(2)
+    with pytest.raises(DataError, match="labels have shape"):
+        model.loss(images, [{"labels": torch.zeros(C + 1)}] * 2)
