@@ -45,6 +45,10 @@ def create_backbone(
         cached = cached_or_online(name)
         if cached:
             options["pretrained_cfg_overlay"] = dict(file=cached)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(f"unknown timm backbone '{name}'{hint}")
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
     except AssertionError as exc:
