@@ -11,12 +11,14 @@ from segbench.api import (
     create_dataset,
     create_method,
     create_metric,
+    create_postprocessor,
     list_datasets,
     list_methods,
     list_metrics,
+    list_postprocessors,
 )
 from segbench.errors import ConfigError, DataError, SegbenchError, UnknownNameError
-from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, Recipe
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec, Recipe
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "DatasetSpec",
     "MethodSpec",
     "MetricSpec",
+    "PostprocessorSpec",
     "Recipe",
     "SegbenchError",
     "UnknownNameError",
@@ -36,8 +39,10 @@ __all__ = [
     "create_dataset",
     "create_method",
     "create_metric",
+    "create_postprocessor",
     "hookimpl",
     "list_datasets",
     "list_methods",
     "list_metrics",
+    "list_postprocessors",
 ]

@@ -1,4 +1,4 @@
-"""The Python API the CLI is built on: create and list methods, datasets and metrics."""
+"""The Python API the CLI is built on: create and list methods, datasets, metrics and post-processors."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def list_datasets() -> list[str]:
 def list_metrics() -> list[str]:
     """Names of every registered metric, sorted."""
     return sorted(get_registry().metrics)
+
+
+def list_postprocessors() -> list[str]:
+    """Names of every registered post-processor, sorted."""
+    return sorted(get_registry().postprocessors)
 
 
 def create_method(name: str, num_classes: int, **options: Any):
@@ -48,6 +53,12 @@ def create_metric(name: str, **options: Any):
     """Build metric ``name``; ``options`` (``num_classes``, ...) override its defaults."""
     spec = get_registry().metric(name)
     return spec.build(**merge_options(spec.options, options, f"metric '{name}'"))
+
+
+def create_postprocessor(name: str, **options: Any):
+    """Build post-processor ``name``: a callable ``(image, prediction) -> prediction``."""
+    spec = get_registry().postprocessor(name)
+    return spec.build(**merge_options(spec.options, options, f"postprocessor '{name}'"))
 
 
 def merge_options(defaults: dict, overrides: dict, owner: str) -> dict:

@@ -19,13 +19,14 @@ def cli() -> None:
 
 # -- list ----------------------------------------------------------------------
 @cli.command("list")
-@click.argument("what", type=click.Choice(["methods", "datasets", "metrics", "plugins", "all"]), default="all")
+@click.argument("what", type=click.Choice(["methods", "datasets", "metrics", "postprocessors", "plugins", "all"]),
+                default="all")
 def list_command(what: str) -> None:
-    """List registered methods, datasets, metrics or plugins (broken ones with their error)."""
+    """List registered methods, datasets, metrics, post-processors or plugins (broken ones with their error)."""
     from segbench.plugins import get_registry
 
     registry = get_registry()
-    sections = ["methods", "datasets", "metrics", "plugins"] if what == "all" else [what]
+    sections = ["methods", "datasets", "metrics", "postprocessors", "plugins"] if what == "all" else [what]
     for section in sections:
         if len(sections) > 1:
             click.secho(f"{section}:", bold=True)
@@ -40,6 +41,9 @@ def list_command(what: str) -> None:
         elif section == "metrics":
             for name, spec in sorted(registry.metrics.items()):
                 click.echo(f"  {name:<16} {spec.description}")
+        elif section == "postprocessors":
+            for name, spec in sorted(registry.postprocessors.items()):
+                click.echo(f"  {name:<16} [{spec.plugin}] {spec.description}")
         else:
             for info in sorted(registry.plugins.values(), key=lambda p: (p.builtin is False, p.name)):
                 state = "ok" if info.ok else f"BROKEN: {info.error}"
@@ -64,10 +68,16 @@ def _run_options(func):
         click.option("--weights", default=None, type=click.Path(dir_okay=False),
                      help="Local pretrained backbone weights (.pth or .safetensors)."),
         click.option("--metrics", default=None, help="Comma-separated metrics (default: every applicable one)."),
+        click.option("--postprocess", multiple=True, metavar="NAME",
+                     help="Post-processor applied to predictions (segbench list postprocessors); repeatable."),
         click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
                      help="Where records go (default $SEGBENCH_RUNS_DIR or ./runs)."),
         click.option("--force", is_flag=True, help="Run again even when an identical finished run exists."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--nproc", default=1, show_default=True, type=int,
+                     help="Data-parallel processes (starts torchrun): at most the GPUs, or the CPU cores."),
+        click.option("--deterministic/--nondeterministic", default=None,
+                     help="Deterministic algorithms, cuDNN and cuBLAS settings (recipe field deterministic)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -77,8 +87,12 @@ def _run_options(func):
 @cli.command("run")
 @_run_options
 def run_command(method, dataset, recipe, overrides, seed, split, root, device, amp, weights, metrics,
-                runs_dir, force, quiet) -> None:
-    """Train METHOD on DATASET with a recipe, evaluate it and write a run record."""
+                postprocess, runs_dir, force, quiet, nproc, deterministic) -> None:
+    """Train METHOD on DATASET with a recipe, evaluate it and write a run record.
+
+    Running a command again after an interruption resumes it from its last
+    checkpoint. --nproc N trains on N processes (torchrun).
+    """
     from segbench.engine.config import parse_overrides
 
     values = parse_overrides(overrides)
@@ -86,13 +100,25 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
         values["amp"] = amp
     if weights is not None:
         values["model.weights"] = weights
+    if deterministic is not None:
+        values["deterministic"] = deterministic
+    if _start_torchrun(nproc, device):
+        return
     from segbench.engine.run import run_experiment
 
-    outcome = run_experiment(
-        method, dataset, recipe=recipe, overrides=values, seed=seed, split=split, root=root, device=device,
-        metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
-        runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True),
-    )
+    try:
+        outcome = run_experiment(
+            method, dataset, recipe=recipe, overrides=values, seed=seed, split=split, root=root, device=device,
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+            postprocess=[p for item in postprocess for p in item.split(",") if p],
+            runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True),
+        )
+    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: say where the run stopped and how to resume it
+        if str(exc) and int(os.environ.get("RANK", "0")) == 0:
+            click.echo(f"{exc}", err=True)
+        raise
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     record = outcome.record
     if outcome.reused:
         click.echo(f"identical run already finished: {outcome.path} (use --force to run it again)")
@@ -100,13 +126,80 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
     click.echo(f"record: {outcome.path}")
 
 
+def _start_torchrun(nproc: int, device: str) -> bool:
+    """With ``--nproc N`` (N > 1) outside torchrun: run this same command under torchrun and exit with its status.
+
+    Returns False when this process should run the experiment itself.
+    """
+    import signal
+    import subprocess
+
+    from segbench.engine.distributed import check_nproc, launched_world_size
+
+    if launched_world_size() > 1:
+        if nproc not in (1, launched_world_size()):
+            raise click.UsageError(f"--nproc {nproc} under torchrun with WORLD_SIZE={launched_world_size()}")
+        return False
+    check_nproc(nproc, device)
+    if nproc == 1:
+        return False
+    ctx = click.get_current_context()
+    args = ["run"]
+    for param in ctx.command.params:
+        if param.name == "nproc" or not isinstance(param, click.Option):
+            continue
+        value = ctx.params[param.name]
+        if ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT:
+            continue
+        if param.is_flag and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            args += [param.opts[0]] if value else []
+        elif param.multiple:
+            for item in value:
+                args += [param.opts[0], str(item)]
+        else:
+            args += [param.opts[0], str(value)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "segbench", *args]
+    # torchrun in its own session: a Ctrl-C reaches it once, forwarded from here (it passes it to the workers,
+    # which stop at a step boundary with a checkpoint)
+    child = subprocess.Popen(command, start_new_session=True)
+    forwarded: list[int] = []
+
+    def forward(signum, frame) -> None:
+        forwarded.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forwarded:  # the processes stopped at a step boundary with a checkpoint (torchrun itself exits 1)
+        raise SystemExit(130)
+    if code:
+        raise SystemExit(code if code > 0 else 128 - code)
+    return True
+
+
+def _metric_sort_key(key: str) -> tuple:
+    """Alphabetical, but ``trimap_miou@w5`` before ``@w40``: trailing numbers compare as numbers."""
+    import re
+
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key))
+
+
 def _print_metrics(record: dict) -> None:
     metrics = record.get("metrics", {})
     title = f"{record['method']} ({record['recipe']}) on {record['dataset']}/{record['split']}, seed {record['seed']}"
     click.echo(title)
     width = max((len(k) for k in metrics), default=6)
-    for key in sorted(metrics):
-        click.echo(f"  {key:<{width}}  {100 * metrics[key]:6.2f} %")
+    for key in sorted(metrics, key=_metric_sort_key):
+        value = metrics[key]
+        shown = "   n/a" if value is None or value != value else f"{100 * value:6.2f}"
+        click.echo(f"  {key:<{width}}  {shown} %")
     timings = record.get("timings", {})
     if timings:
         click.echo(f"  time: {timings.get('total_s', 0):.1f} s (train {timings.get('train_s', 0):.1f} s, "
@@ -135,6 +228,27 @@ def eval_command(run_id, dataset, split, root, device, runs_dir, save_prediction
     _print_metrics(record)
     if save_predictions:
         click.echo(f"predictions: {save_predictions}")
+
+
+# -- show ----------------------------------------------------------------------
+@cli.command("show")
+@click.argument("run_id")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--images", default=6, show_default=True, type=int, help="How many evaluation images (rows).")
+@click.option("--classes", "max_classes", default=3, show_default=True, type=int, help="Class panels per image.")
+@click.option("--start", default=0, show_default=True, type=int, help="Index of the first image.")
+@click.option("--split", default=None, help="Split (default: the run's).")
+@click.option("--root", default=None, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def show_command(run_id, out, images, max_classes, start, split, root, device, runs_dir, force) -> None:
+    """A PNG grid of images with each present class's score map overlaid (CAM figures)."""
+    from segbench.show import show_run
+
+    path = show_run(run_id, out, images=images, max_classes=max_classes, split=split, root=root, runs=runs_dir,
+                    device=device, start=start, overwrite=force)
+    click.echo(f"wrote {path}")
 
 
 # -- leaderboard ---------------------------------------------------------------
@@ -300,3 +414,53 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- sweep ---------------------------------------------------------------------
+# (defined after main() on purpose: added by the sweeps work without touching the commands above)
+@cli.command("sweep")
+@click.option("--methods", "-m", required=True, help="Comma-separated method names.")
+@click.option("--datasets", "-d", default="shapes", show_default=True, help="Comma-separated dataset names.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds or ranges (0,1,2 or 0-4).")
+@click.option("--recipe", "-r", default="quick", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run (--set of run).")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="local: subprocesses here; slurm / submitit-local: submitit's executors.")
+@click.option("--jobs", "-j", "at_once", default=None, type=click.IntRange(min=1),
+              help="Runs at a time (local: default 1); on SLURM the job array's parallelism.")
+@click.option("--device", default=None, help="--device of every run (default: the run's, auto).")
+@click.option("--nproc", default=0, type=click.IntRange(min=0),
+              help="--nproc of every run (default: the GPUs per node of a SLURM job when > 1, else 1).")
+@click.option("--partition", default=None, help="SLURM partition.")
+@click.option("--gpus-per-node", default=None, type=click.IntRange(min=0), help="GPUs per SLURM job.")
+@click.option("--timeout-min", default=None, type=click.IntRange(min=1),
+              help="Time limit per job in minutes (submitit launchers; default 60).")
+@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="Any other submitit executor parameter (cpus_per_task=8, mem_gb=32, account=..., ...).")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
+              help="Where records go (default $SEGBENCH_RUNS_DIR or ./runs).")
+@click.option("--log-dir", default=None, type=click.Path(file_okay=False),
+              help="Each run's output and submitit's files (default RUNS_DIR/.sweep).")
+@click.option("--precheck/--no-precheck", default=True, show_default=True,
+              help="Skip cells whose identical run already finished without starting them.")
+@click.option("--dry-run", is_flag=True, help="Print the grid and what would run; start nothing.")
+def sweep_command(methods, datasets, seeds, recipe, overrides, launcher, at_once, device, nproc, partition,
+                  gpus_per_node, timeout_min, slurm_options, runs_dir, log_dir, precheck, dry_run) -> None:
+    """Run the grid METHODS x DATASETS x SEEDS, one `segbench run` per cell, then print a summary table.
+
+    Cells whose identical run already finished are skipped, so a sweep can be
+    submitted again after failures. Exit 0 when every cell finished.
+    """
+    from segbench.engine.run import runs_dir as default_runs
+    from segbench.sweep import SweepSpec, execute, parse_names, parse_seeds
+    from segbench.sweep_launchers import slurm_parameters
+
+    spec = SweepSpec(methods=parse_names(methods, "methods"), datasets=parse_names(datasets, "datasets"),
+                     seeds=parse_seeds(seeds), recipe=recipe, overrides=list(overrides),
+                     runs_dir=default_runs(runs_dir), device=device, nproc=nproc)
+    slurm = slurm_parameters(slurm_options, partition=partition, gpus_per_node=gpus_per_node,
+                             timeout_min=timeout_min)
+    code = execute(spec, launcher, at_once, slurm, log_dir, dry_run, precheck,
+                   echo=lambda message: click.echo(message, err=True), out=click.echo)
+    if code:
+        raise SystemExit(code)

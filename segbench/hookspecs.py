@@ -45,6 +45,17 @@ def register_metrics(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_postprocessors(register: Callable[[Any], None]) -> None:
+    """Register post-processors: call ``register(PostprocessorSpec(...))`` once per post-processor.
+
+    A post-processor refines one image's prediction after the engine has
+    resized it to the original image size (the dense CRF, the class-map
+    rule). Runs choose them with ``segbench run --postprocess NAME``. Same
+    rules as ``register_methods``.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``segbench`` command line.
 

@@ -19,11 +19,12 @@ import pluggy
 
 from segbench import hookspecs
 from segbench.errors import PluginError, UnknownNameError
-from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
 
 ENTRY_POINT_GROUP = "segbench"
-BUILTIN_PLUGINS = ("segbench.data.builtin", "segbench.metrics.builtin")
-_KINDS = {"methods": MethodSpec, "datasets": DatasetSpec, "metrics": MetricSpec}
+BUILTIN_PLUGINS = ("segbench.data.builtin", "segbench.metrics.builtin", "segbench.postprocess.builtin")
+_KINDS = {"methods": MethodSpec, "datasets": DatasetSpec, "metrics": MetricSpec,
+          "postprocessors": PostprocessorSpec}
 
 
 @dataclass
@@ -43,7 +44,7 @@ class PluginInfo:
 
 
 class Registry:
-    """Every method, dataset and metric spec, keyed by name, with the plugins that gave them."""
+    """Every method, dataset, metric and post-processor spec, keyed by name, with the plugins that gave them."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("segbench")
@@ -51,6 +52,7 @@ class Registry:
         self.methods: dict[str, MethodSpec] = {}
         self.datasets: dict[str, DatasetSpec] = {}
         self.metrics: dict[str, MetricSpec] = {}
+        self.postprocessors: dict[str, PostprocessorSpec] = {}
         self.plugins: dict[str, PluginInfo] = {}
 
     # -- loading -------------------------------------------------------------
@@ -167,6 +169,9 @@ class Registry:
 
     def metric(self, name: str) -> MetricSpec:
         return self._get("metrics", name)
+
+    def postprocessor(self, name: str) -> PostprocessorSpec:
+        return self._get("postprocessors", name)
 
     def _get(self, kind: str, name: str) -> Any:
         table = getattr(self, kind)

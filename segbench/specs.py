@@ -11,7 +11,9 @@ Sample (what ``DatasetSpec.build(...)[i]`` returns), a dict:
     ``target`` dict: ``labels`` float multi-hot ``[C]`` (always; the background
                class is never labelled); ``labels_ignore`` bool ``[C]`` where a
                class is present only as "difficult" (left out of AP); where the
-               dataset has them ``mask`` int64 ``[H, W]`` (255 = void),
+               dataset has them ``mask`` uint8 ``[H, W]`` (255 = void; int64
+               when a dataset has more than 255 classes; the engine hands
+               losses and metrics int64),
                ``boxes`` float ``[N, 4]`` XYXY pixels, ``classes`` int64 ``[N]``,
                ``masks`` bool ``[N, H, W]``, ``iscrowd`` bool ``[N]``
     ``meta``   dict: ``id`` (str), ``path`` (str or None), ``orig_size`` (H, W)
@@ -23,7 +25,8 @@ Prediction (what ``Method.predict(images)`` returns per image), a dict with any 
     ``instances``  dict ``boxes`` ``[N, 4]``, ``classes`` ``[N]``, ``scores`` ``[N]``,
                    ``masks`` ``[N, h, w]``
 The engine resizes ``score_maps`` (bilinear) and ``mask`` (nearest) back to the
-image's original size before any metric sees them.
+image's original size before any metric sees them, then applies the run's
+post-processors (``PostprocessorSpec``) in order.
 """
 
 from __future__ import annotations
@@ -225,6 +228,54 @@ class MetricSpec:
     def applies(self, outputs: frozenset[str], annotations: frozenset[str]) -> bool:
         """True when a method with ``outputs`` on a dataset with ``annotations`` can be scored."""
         return bool(self.requires_outputs & outputs) and self.requires_annotations <= annotations
+
+
+@dataclass(frozen=True)
+class PostprocessorSpec:
+    """A post-processor: ``build(**options)`` returns a callable ``(image, prediction) -> prediction``.
+
+    ``image`` is the uint8 ``[3, H, W]`` image at its original size and
+    ``prediction`` one image's prediction dict, already resized to that size
+    (see the module docstring). The callable returns the new prediction,
+    typically with ``mask`` added or refined. It may also read or write
+    ``mask_scores``: float ``[C, H, W]`` non-negative per-class scores whose
+    argmax is ``mask`` (the class-map rule writes them; the dense CRF reads
+    them as its unary when the method has no per-pixel probabilities).
+    ``options`` holds every option with its default; the engine fills
+    ``num_classes``, ``background`` and ``supervision`` (the method's) when
+    the spec lists them. ``requires_outputs``: the prediction keys it needs
+    (one of them is enough).
+    """
+
+    name: str
+    build: Callable[..., Any]
+    requires_outputs: frozenset[str] = frozenset({"score_maps"})
+    gives_outputs: frozenset[str] = frozenset({"mask"})
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requires_outputs", _frozen(self.requires_outputs))
+        object.__setattr__(self, "gives_outputs", _frozen(self.gives_outputs))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message when the spec is malformed."""
+        _check_name(self.name, "postprocessor")
+        if not callable(self.build):
+            raise ValueError(f"postprocessor '{self.name}': build must be callable")
+        for kind, keys in (("requires_outputs", self.requires_outputs), ("gives_outputs", self.gives_outputs)):
+            unknown = keys - set(PREDICTION_KEYS)
+            if not keys or unknown:
+                raise ValueError(
+                    f"postprocessor '{self.name}': {kind} must be a non-empty subset of "
+                    f"{list(PREDICTION_KEYS)}, got {sorted(keys)}"
+                )
+
+    def applies(self, outputs: frozenset[str]) -> bool:
+        """True when a prediction with ``outputs`` has what this post-processor reads."""
+        return bool(self.requires_outputs & outputs)
 
 
 def _check_name(name: str, kind: str) -> None:

@@ -77,7 +77,7 @@ def test_real_voc2012_train_sample_matches_keras_cv_pixel_counts():
     assert meta == {"id": "2007_000032", "path": str(VOC12 / "JPEGImages" / "2007_000032.jpg"),
                     "orig_size": (281, 500), "difficult": [False] * 4}
     mask = target["mask"]
-    assert mask.dtype == torch.int64 and tuple(mask.shape) == (281, 500)
+    assert mask.dtype == torch.uint8 and tuple(mask.shape) == (281, 500)
     assert set(mask.unique().tolist()) == {0, AEROPLANE, PERSON, 255}
     assert int((mask == AEROPLANE).sum()) == 4734 and int((mask == PERSON).sum()) == 866
     assert torch.nonzero(target["labels"]).ravel().tolist() == [AEROPLANE, PERSON]

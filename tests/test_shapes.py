@@ -144,7 +144,7 @@ def test_keys_types_shapes_and_dtypes(val):
     assert isinstance(s["image"], tv_tensors.Image) and s["image"].dtype == torch.uint8
     assert s["image"].shape == (3, 64, 64)
     assert t["labels"].dtype == torch.float32 and t["labels"].shape == (7,)
-    assert isinstance(t["mask"], tv_tensors.Mask) and t["mask"].dtype == torch.int64 and t["mask"].shape == (64, 64)
+    assert isinstance(t["mask"], tv_tensors.Mask) and t["mask"].dtype == torch.uint8 and t["mask"].shape == (64, 64)
     assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and t["boxes"].dtype == torch.float32
     assert t["boxes"].shape == (n, 4) and t["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY
     assert tuple(t["boxes"].canvas_size) == (64, 64)

@@ -159,7 +159,7 @@ class CocoDataset(FileDataset):
             "image_id": int(image_id),  # the COCO id, for a COCO evaluator (coco_ap) and results files
         }
         if want_mask:
-            target["mask"] = tv_tensors.Mask(torch.from_numpy(semantic).long())
+            target["mask"] = tv_tensors.Mask(torch.from_numpy(semantic))
         if want_masks:
             target["masks"] = tv_tensors.Mask(masks)
         meta = {"id": Path(info["file_name"]).stem, "path": str(path), "orig_size": (height, width),

@@ -563,7 +563,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             "image": tv_tensors.Image(torch.from_numpy(chunk.images[j].copy())),
             "target": {
                 "labels": labels,
-                "mask": tv_tensors.Mask(torch.from_numpy(chunk.semantic[j]).long()),
+                "mask": tv_tensors.Mask(torch.from_numpy(chunk.semantic[j])),
                 "boxes": tv_tensors.BoundingBoxes(
                     torch.from_numpy(chunk.boxes[j].copy()), format="XYXY", canvas_size=(size, size)
                 ),

@@ -285,7 +285,7 @@ class VOCDataset(FileDataset):
         }
         if record.mask is not None and self.wants("mask"):
             mask = self._load_mask(record, record.mask, "mask", (width, height))
-            target["mask"] = tv_tensors.Mask(torch.from_numpy(mask).long())
+            target["mask"] = tv_tensors.Mask(torch.from_numpy(mask))
         if record.objects is not None and self.wants("masks"):
             objects = self._load_mask(record, record.objects, "object mask", (width, height))
             ids = torch.arange(1, len(record.classes) + 1, dtype=torch.uint8)[:, None, None]

@@ -1,10 +1,12 @@
 """Training settings, recipes and ``--set key=value`` overrides resolved into one config.
 
-The resolved config has four sections: ``train`` (:class:`TrainConfig`),
-``model`` (the method's options), ``data`` (the dataset's options) and
-``metrics`` (per-metric options). ``--set key=value`` finds the one section
-that has ``key``; ``--set section.key=value`` (``model.``, ``data.``,
-``train.``, ``metrics.NAME.``) says it outright when a key is ambiguous.
+The resolved config has five sections: ``train`` (:class:`TrainConfig`),
+``model`` (the method's options), ``data`` (the dataset's options),
+``metrics`` (per-metric options) and ``postprocess`` (the post-processors
+applied to predictions, in order, with their options). ``--set key=value``
+finds the one section that has ``key``; ``--set section.key=value``
+(``model.``, ``data.``, ``train.``, ``metrics.NAME.``, ``postprocess.NAME.``)
+says it outright when a key is ambiguous.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Mapping
 
 from segbench.errors import ConfigError, UnknownNameError
 from segbench.plugins import unknown_name_message
-from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
 
 
 @dataclass
@@ -24,7 +26,7 @@ class TrainConfig:
     """How a method is trained and evaluated; recipes override these defaults."""
 
     steps: int = 1000
-    batch_size: int = 16
+    batch_size: int = 16  # per process: the effective batch is batch_size x processes (recorded)
     eval_batch_size: int = 32
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
@@ -44,8 +46,10 @@ class TrainConfig:
     channels_last: bool = False
     workers: int = 0
     deterministic: bool = True
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default
     log_every: int = 50
+    checkpoint_every: int = 500  # steps between resume checkpoints (also at epoch ends and the last step); 0 = off
+    sync_bn: bool = False  # SyncBatchNorm across processes (data parallel on CUDA)
 
     def validate(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "constant"),
@@ -58,9 +62,12 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every}")
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engine fills from the dataset/method
 
 
 @dataclass
@@ -74,6 +81,7 @@ class ResolvedConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +92,7 @@ class ResolvedConfig:
             "model": dict(self.model),
             "data": dict(self.data),
             "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "postprocess": {k: dict(v) for k, v in self.postprocess.items()},
         }
 
 
@@ -119,8 +128,13 @@ def resolve_config(
     metrics: Mapping[str, MetricSpec],
     recipe: str = "quick",
     overrides: Mapping[str, Any] | None = None,
+    postprocessors: Mapping[str, PostprocessorSpec] | None = None,
 ) -> ResolvedConfig:
-    """Defaults, then the recipe, then the dataset's metric defaults, then ``overrides``."""
+    """Defaults, then the recipe, then the dataset's metric defaults, then ``overrides``.
+
+    ``postprocessors`` (in the order they apply) get their default options,
+    which ``--set postprocess.NAME.key=value`` or a flat key overrides.
+    """
     if recipe not in method.recipes:
         raise UnknownNameError(unknown_name_message(f"recipe of method '{method.name}'", recipe, method.recipes))
     chosen = method.recipes[recipe]
@@ -131,50 +145,60 @@ def resolve_config(
     model = {**method.options, **chosen.model}
     data = {**dataset.options, **{k: v for k, v in chosen.data.items() if k in dataset.options}}
     metric_options = {name: dict(spec.options) for name, spec in metrics.items()}
+    post_options = {name: {k: v for k, v in spec.options.items() if k not in ENGINE_FILLED}
+                    for name, spec in (postprocessors or {}).items()}
     sections: dict[str, dict[str, Any]] = {"train": train, "model": model, "data": data}
     explicit: set[tuple[str, str]] = set()
     for key, value in (overrides or {}).items():
-        explicit |= _apply(key, value, sections, metric_options)
+        explicit |= _apply(key, value, sections, metric_options, post_options)
     for name, defaults in dataset.metric_defaults_for(data).items():  # from the final dataset options
         for key, value in defaults.items():
             if name in metric_options and (name, key) not in explicit:
                 metric_options[name][key] = value
     config = ResolvedConfig(
         method=method.name, dataset=dataset.name, recipe=recipe,
-        train=TrainConfig(**train), model=model, data=data, metrics=metric_options,
+        train=TrainConfig(**train), model=model, data=data, metrics=metric_options, postprocess=post_options,
     )
     config.train.validate()
     return config
 
 
-def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict]) -> set:
+def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict],
+           post_options: dict[str, dict]) -> set:
     """Set one override; returns the (metric, option) pairs it set."""
     head, _, rest = key.partition(".")
+    unknown = ConfigError(_unknown_key(key, sections, {**metric_options, **post_options}))
     if rest and head in sections:
         if rest not in sections[head]:
-            raise ConfigError(_unknown_key(key, sections, metric_options))
+            raise unknown
         sections[head][rest] = _coerce(sections[head][rest], value, key)
         return set()
-    if rest and head == "metrics":
+    if rest and head in ("metrics", "postprocess"):
+        table = metric_options if head == "metrics" else post_options
         name, _, option = rest.partition(".")
-        if name not in metric_options or option not in metric_options[name]:
-            raise ConfigError(_unknown_key(key, sections, metric_options))
-        metric_options[name][option] = value
-        return {(name, option)}
+        if name not in table or option not in table[name]:
+            raise unknown
+        table[name][option] = _coerce(table[name][option], value, key)
+        return {(name, option)} if head == "metrics" else set()
     owners = [name for name, section in sections.items() if key in section]
-    metric_owners = [name for name, opts in metric_options.items() if key in opts and key != "num_classes"]
-    if len(owners) + (1 if metric_owners else 0) > 1:
-        places = [f"{o}.{key}" for o in owners] + [f"metrics.{m}.{key}" for m in metric_owners]
+    metric_owners = [name for name, opts in metric_options.items() if key in opts and key not in ENGINE_FILLED]
+    post_owners = [name for name, opts in post_options.items() if key in opts]
+    if len(owners) + (1 if metric_owners else 0) + len(post_owners) > 1:
+        places = ([f"{o}.{key}" for o in owners] + [f"metrics.{m}.{key}" for m in metric_owners]
+                  + [f"postprocess.{p}.{key}" for p in post_owners])
         raise ConfigError(f"--set {key} is ambiguous; say one of {', '.join(places)}")
     if owners:
         section = sections[owners[0]]
         section[key] = _coerce(section[key], value, key)
         return set()
+    if post_owners:
+        post_options[post_owners[0]][key] = _coerce(post_options[post_owners[0]][key], value, key)
+        return set()
     if metric_owners:
         for name in metric_owners:  # e.g. tolerance, variant: every metric that has it
             metric_options[name][key] = value
         return {(name, key) for name in metric_owners}
-    raise ConfigError(_unknown_key(key, sections, metric_options))
+    raise unknown
 
 
 def _coerce(default: Any, value: Any, key: str) -> Any:

@@ -114,6 +114,108 @@ def infinite(loader) -> Iterator[dict]:
         epoch += 1
 
 
+class TrainSampler:
+    """The training order: a permutation per epoch, sharded over processes, resumable mid-epoch.
+
+    Epoch ``e`` visits ``torch.randperm(size)`` drawn from a generator seeded
+    with ``mix(seed, e)``; with ``world_size`` processes the permutation is
+    padded by wrapping around to a multiple of ``world_size`` and process
+    ``rank`` takes positions ``rank, rank + world_size, ...`` (as
+    ``DistributedSampler``: training may see a few images twice per epoch).
+    Each item is ``(index, sample_seed)`` with ``sample_seed = mix(seed, e,
+    position)``, which :class:`SeededSamples` uses for the augmentations.
+    ``set_epoch(e, start)`` skips the first ``start`` items of this process
+    (a resumed run), without loading them.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if size < 1:
+            raise ConfigError("the training set is empty")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_rank = -(-size // world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from this process's item ``start`` on."""
+        self.epoch, self.start = epoch, start
+
+    def batches_per_epoch(self, batch_size: int, drop_last: bool) -> int:
+        """Optimizer steps in one full epoch of this process."""
+        return self.per_rank // batch_size if drop_last else -(-self.per_rank // batch_size)
+
+    def order(self, epoch: int) -> list[int]:
+        """Dataset indices of epoch ``epoch`` in visiting order, padded to ``per_rank * world_size``."""
+        import torch
+
+        from segbench.engine.seeding import mix
+
+        generator = torch.Generator()
+        generator.manual_seed(mix(self.seed, epoch))
+        perm = torch.randperm(self.size, generator=generator).tolist()
+        total = self.per_rank * self.world_size
+        while len(perm) < total:
+            perm += perm[: total - len(perm)]
+        return perm
+
+    def __iter__(self):
+        from segbench.engine.seeding import mix
+
+        perm = self.order(self.epoch)
+        positions = range(self.rank, self.per_rank * self.world_size, self.world_size)
+        for position in positions[self.start:]:
+            yield perm[position], mix(self.seed, self.epoch, position)
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.start, 0)
+
+
+class SeededSamples:
+    """Wraps a dataset: item ``(index, seed)`` is ``dataset[index]`` drawn under torch's CPU generator seeded with
+    ``seed``, so each sample's augmentation depends only on its seed, not on workers, processes or resumes.
+
+    The global generator is restored afterwards (``torch.random.fork_rng``), so
+    loading data never moves the model's random stream.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        import torch
+
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
+
+
+class ShardedEvalSampler:
+    """Evaluation indices of one process: contiguous, batch-aligned shards, no padding.
+
+    The ``ceil(size / batch_size)`` batches of a one-process evaluation are
+    split into ``world_size`` contiguous runs (rank ``r`` gets batches
+    ``[r * nb // W, (r + 1) * nb // W)``), so every image is seen exactly once,
+    each batch holds the same images as with one process, and concatenating
+    the shards in rank order gives the dataset order. Shards may differ in
+    size by a batch (or be empty when there are fewer batches than processes).
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        batches = -(-size // batch_size)
+        first = rank * batches // world_size
+        last = (rank + 1) * batches // world_size
+        self.indices = list(range(min(first * batch_size, size), min(last * batch_size, size)))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class Normalizer:
     """uint8 ``[3,H,W]`` images -> a normalised float batch ``[B,3,H,W]`` on ``device``."""
 
@@ -142,15 +244,23 @@ class Normalizer:
 
 
 def targets_to(targets: list[dict], device) -> list[dict]:
-    """Move target tensors to ``device`` as plain tensors."""
+    """Move target tensors to ``device`` as plain tensors; uint8 class masks become int64 there.
+
+    Datasets hand out ``mask`` as uint8 (8x less to decode, copy and send
+    between loader processes); losses and metrics get int64 class indices.
+    """
     import torch
 
     moved = []
     for target in targets:
-        moved.append({
-            k: (v.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in target.items()
-        })
+        item = {}
+        for k, v in target.items():
+            if isinstance(v, torch.Tensor):
+                v = v.as_subclass(torch.Tensor).to(device, non_blocking=True)
+                if k == "mask" and v.dtype == torch.uint8:
+                    v = v.long()
+            item[k] = v
+        moved.append(item)
     return moved
 
 

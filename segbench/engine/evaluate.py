@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from segbench.engine.data import Normalizer, group_by_size, targets_to
 from segbench.engine.device import autocast
+from segbench.engine.distributed import SINGLE, DistInfo, broadcast, gather, gather_metrics
 
 
 @dataclass
@@ -76,8 +77,19 @@ def _resize_images(images, eval_size: int):
 
 
 def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, amp: str = "off",
-             eval_size: int = 0, channels_last: bool = False, progress: bool = True) -> EvalResult:
-    """Run ``model.predict`` over ``loader`` and return every metric's ``compute()`` (keys prefixed when needed)."""
+             eval_size: int = 0, channels_last: bool = False, progress: bool = True,
+             postprocessors: Sequence[Callable] = (), dist: DistInfo = SINGLE) -> EvalResult:
+    """Run ``model.predict`` over ``loader`` and return every metric's ``compute()`` (keys prefixed when needed).
+
+    Each prediction is resized to its image's original size, then passed
+    through ``postprocessors`` in order (``post(image, prediction)``, the
+    uint8 image at its original size), then to the metrics.
+
+    With several processes (``dist``), each evaluates its shard (a
+    :class:`segbench.engine.data.ShardedEvalSampler`); the metric states, the
+    image-level labels and the image counts are gathered on rank 0, which
+    computes the metrics; every process returns rank 0's result.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -87,7 +99,8 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
     normalize = Normalizer(mean, std, device, channels_last)
     count, start, labels = 0, time.perf_counter(), []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
+        for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress or not dist.is_main,
+                          dynamic_ncols=True):
             images = _resize_images(batch["images"], eval_size)
             predictions: list[dict] = [None] * len(images)  # type: ignore[list-item]
             for group in group_by_size(images):
@@ -96,15 +109,27 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
                     outputs = model.predict(inputs)
                 for i, output in zip(group, outputs):
                     orig = tuple(batch["metas"][i]["orig_size"])
-                    predictions[i] = resize_prediction(output, orig, tuple(inputs.shape[-2:]))
+                    prediction = resize_prediction(output, orig, tuple(inputs.shape[-2:]))
+                    for post in postprocessors:
+                        prediction = post(batch["images"][i], prediction)
+                    predictions[i] = prediction
             targets = targets_to(batch["targets"], torch.device("cpu"))
             for metric in metrics.values():
                 metric.update(predictions, targets)
             labels.extend(t["labels"] for t in targets)
             count += len(images)
-    result = collect(metrics, count, time.perf_counter() - start)
-    result.labels = torch.stack(labels) if labels else None
-    return result
+    if not dist.enabled:
+        result = collect(metrics, count, time.perf_counter() - start)
+        result.labels = torch.stack(labels) if labels else None
+        return result
+    gather_metrics(metrics, dist)
+    shards = gather((count, torch.stack(labels) if labels else None), dist)
+    result = None
+    if dist.is_main:
+        seen = [shard_labels for _, shard_labels in shards if shard_labels is not None]
+        result = collect(metrics, sum(n for n, _ in shards), time.perf_counter() - start)
+        result.labels = torch.cat(seen) if seen else None
+    return broadcast(result, dist)
 
 
 def collect(metrics: Mapping[str, Any], images: int, seconds: float) -> EvalResult:

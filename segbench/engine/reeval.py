@@ -15,14 +15,19 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
 
     ``save_predictions`` writes the instance predictions as a COCO results
     JSON (methods with ``instances`` outputs only).
+
+    In a process group (torchrun), each process evaluates a contiguous shard
+    and rank 0 computes the metrics from the gathered states: the numbers
+    equal a one-process evaluation's.
     """
     from segbench.api import create_dataset
     from segbench.engine.checkpoint import load_weights
     from segbench.engine.config import resolve_config
     from segbench.engine.device import resolve_device
     from segbench.engine.evaluate import evaluate
-    from segbench.engine.data import make_loader
-    from segbench.engine.run import applicable_metrics, metric_objects, runs_dir
+    from segbench.engine.data import ShardedEvalSampler, make_loader
+    from segbench.engine.distributed import check_distributable, setup, teardown
+    from segbench.engine.run import applicable_metrics, metric_objects, postprocess_chain, postprocess_objects, runs_dir
     from segbench.plugins import get_registry
     from segbench.results.store import RunStore
 
@@ -40,33 +45,48 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
             f"'{dataset_spec.name}' has {dataset_spec.num_classes}"
         )
     split = split or (record["split"] if dataset is None else dataset_spec.eval_split)
-    specs = applicable_metrics(method_spec, dataset_spec, registry)
+    saved_post = record["config"].get("postprocess")
+    requested = [n for n in saved_post if n != "cam_mask"] if saved_post is not None else None
+    chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, requested)
+    specs = applicable_metrics(method_spec, dataset_spec, registry, outputs=outputs)
     if save_predictions is not None and "coco_ap" not in specs:
         raise ConfigError(
             f"--save-predictions writes COCO results of instance predictions; method '{method_spec.name}' "
             f"on dataset '{dataset_spec.name}' has none (outputs: {', '.join(sorted(method_spec.outputs))})"
         )
-    config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {})
+    config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {}, chain)
     config.model.update(record["config"]["model"])
+    for name, options in (saved_post or {}).items():  # the run's own post-processing options
+        config.postprocess.get(name, {}).update(options)
     for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
         if key in config.model:
             config.model[key] = value
-    if dataset is None:
+    if dataset is None:  # the run's own data and metric options (e.g. the pointing tolerance of its image size)
         config.data.update(record["config"]["data"])
-    torch_device = resolve_device(device)
-    model = method_spec.build(dataset_spec.num_classes, **config.model)
-    weights = store.path_for(run_id).parent / record["weights"]
-    if not weights.is_file():
-        raise DataError(f"{weights}: weights of run '{run_id}' are missing")
-    load_weights(model, weights)
-    model.to(torch_device)
-    eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
-    train = record["config"]["train"]
-    loader = make_loader(eval_set, train.get("eval_batch_size", 16), shuffle=False, seed=0)
-    metrics = metric_objects(specs, config, dataset_spec, eval_set)
-    result = evaluate(model, loader, metrics, torch_device,
-                      dataset_spec.mean, dataset_spec.std, eval_size=train.get("eval_size", 0), progress=progress)
-    if save_predictions is not None:
-        metrics["coco_ap"].save_predictions(save_predictions)
-    return {**record, "dataset": dataset_spec.name, "split": split, "metrics": result.metrics,
-            "timings": {"total_s": result.seconds, "eval_s": result.seconds}}
+        for name, options in record["config"].get("metrics", {}).items():
+            if name in config.metrics:
+                config.metrics[name].update(options)
+    dist, torch_device = setup(resolve_device(device))
+    try:
+        model = method_spec.build(dataset_spec.num_classes, **config.model)
+        weights = store.path_for(run_id).parent / record["weights"]
+        if not weights.is_file():
+            raise DataError(f"{weights}: weights of run '{run_id}' are missing")
+        load_weights(model, weights)
+        model.to(torch_device)
+        eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
+        train = record["config"]["train"]
+        batch_size = train.get("eval_batch_size", 16)
+        loader = make_loader(eval_set, batch_size, shuffle=False, seed=0,
+                             sampler=ShardedEvalSampler(len(eval_set), batch_size, dist.rank, dist.world_size))
+        metrics = metric_objects(specs, config, dataset_spec, eval_set)
+        check_distributable(metrics, dist.world_size)
+        post = postprocess_objects(chain, config, method_spec, dataset_spec)
+        result = evaluate(model, loader, metrics, torch_device, dataset_spec.mean, dataset_spec.std,
+                          eval_size=train.get("eval_size", 0), progress=progress, postprocessors=post, dist=dist)
+        if save_predictions is not None and dist.is_main:
+            metrics["coco_ap"].save_predictions(save_predictions)
+        return {**record, "dataset": dataset_spec.name, "split": split, "metrics": result.metrics,
+                "timings": {"total_s": result.seconds, "eval_s": result.seconds}}
+    finally:
+        teardown(dist)

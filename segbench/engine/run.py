@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 from segbench.engine.config import ResolvedConfig, resolve_config
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
-from segbench.specs import DatasetSpec, MethodSpec, MetricSpec
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -52,21 +52,70 @@ def runs_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def applicable_metrics(method: MethodSpec, dataset: DatasetSpec, registry: Registry,
-                       requested: Sequence[str] | None = None) -> dict[str, MetricSpec]:
-    """Every metric the method's outputs and the dataset's annotations allow, or the ``requested`` ones (checked)."""
+                       requested: Sequence[str] | None = None,
+                       outputs: frozenset[str] | None = None) -> dict[str, MetricSpec]:
+    """Every metric the method's outputs and the dataset's annotations allow, or the ``requested`` ones (checked).
+
+    ``outputs`` (default: the method's) includes what the post-processors add.
+    """
+    outputs = method.outputs if outputs is None else outputs
     if requested:
         chosen = {}
         for name in requested:
             spec = registry.metric(name)
-            if not spec.applies(method.outputs, dataset.annotations):
+            if not spec.applies(outputs, dataset.annotations):
                 raise ConfigError(
                     f"metric '{name}' needs outputs {sorted(spec.requires_outputs)} and annotations "
-                    f"{sorted(spec.requires_annotations)}; method '{method.name}' gives {sorted(method.outputs)}, "
+                    f"{sorted(spec.requires_annotations)}; method '{method.name}' gives {sorted(outputs)}, "
                     f"dataset '{dataset.name}' has {sorted(dataset.annotations)}"
                 )
             chosen[name] = spec
         return chosen
-    return {n: s for n, s in sorted(registry.metrics.items()) if s.applies(method.outputs, dataset.annotations)}
+    return {n: s for n, s in sorted(registry.metrics.items()) if s.applies(outputs, dataset.annotations)}
+
+
+AUTO_POSTPROCESS = "cam_mask"
+
+
+def postprocess_chain(method: MethodSpec, dataset: DatasetSpec, registry: Registry,
+                      requested: Sequence[str] | None = None) -> tuple[dict[str, PostprocessorSpec], frozenset[str]]:
+    """The post-processors a run applies, in order, and the prediction keys they leave.
+
+    A method with score maps but no label map, evaluated on a dataset with
+    masks, gets the class-map rule (``cam_mask``) first, so ``miou`` applies to
+    it; the ``requested`` ones follow. A post-processor whose input the
+    prediction lacks is a ``ConfigError``.
+    """
+    chain: dict[str, PostprocessorSpec] = {}
+    outputs = set(method.outputs)
+    wanted = list(requested or ())
+    if "mask" not in outputs and "score_maps" in outputs and "mask" in dataset.annotations:
+        wanted.insert(0, AUTO_POSTPROCESS)
+    for name in wanted:
+        spec = registry.postprocessor(name)
+        if name in chain:
+            continue
+        if not spec.applies(frozenset(outputs)):
+            raise ConfigError(
+                f"postprocessor '{name}' needs one of the outputs {sorted(spec.requires_outputs)}; "
+                f"method '{method.name}' gives {sorted(outputs)}"
+            )
+        chain[name] = spec
+        outputs |= spec.gives_outputs
+    return chain, frozenset(outputs)
+
+
+def postprocess_objects(chain: Mapping[str, PostprocessorSpec], config: ResolvedConfig, method: MethodSpec,
+                        dataset: DatasetSpec) -> list[Any]:
+    """Build each post-processor with its resolved options and what the engine fills in."""
+    filled = {"num_classes": dataset.num_classes, "background": dataset.background,
+              "supervision": method.supervision}
+    objects = []
+    for name, spec in chain.items():
+        options = {**dict(config.postprocess.get(name, {})),
+                   **{k: v for k, v in filled.items() if k in spec.options}}
+        objects.append(spec.build(**options))
+    return objects
 
 
 def check_pairing(method: MethodSpec, dataset: DatasetSpec) -> None:
@@ -144,15 +193,24 @@ def run_experiment(
     root: str | None = None,
     device: str = "auto",
     metrics: Sequence[str] | None = None,
+    postprocess: Sequence[str] | None = None,
     runs: str | os.PathLike | None = None,
     force: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = lambda message: None,
 ) -> RunOutcome:
-    """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record."""
-    from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
-    from segbench.results.store import RunStore
+    """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record.
 
+    ``postprocess`` names post-processors applied to every prediction after
+    the automatic ones (see :func:`postprocess_chain`).
+
+    An identical finished run is reused (``force`` trains again into a new
+    record). An identical unfinished one (interrupted, failed, or left
+    ``running`` by a killed process) is resumed into its own record from its
+    last readable checkpoint. Under torchrun (``WORLD_SIZE`` > 1) every
+    process calls this; rank 0 alone writes records and checkpoints, and every
+    process returns the same outcome.
+    """
     registry = get_registry()
     method_spec = registry.method(method)
     dataset_spec = registry.dataset(dataset)
@@ -160,25 +218,99 @@ def run_experiment(
     if split not in dataset_spec.splits:
         raise ConfigError(f"dataset '{dataset}' has no split '{split}'; splits: {', '.join(dataset_spec.splits)}")
     check_pairing(method_spec, dataset_spec)
-    metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics)
-    config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides)
+    chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
+    metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
+    config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
+    from segbench.results.store import RunStore
+
     store = RunStore(runs_dir(runs))
 
+    from segbench.engine import distributed
+    from segbench.engine.device import resolve_device
+
+    started = time.perf_counter()
+    dist, torch_device = distributed.setup(resolve_device(device))
+    try:
+        return _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device,
+                    started, recipe=recipe, seed=seed, split=split, root=root, force=force, progress=progress,
+                    echo=echo if dist.is_main else (lambda message: None))
+    finally:
+        distributed.teardown(dist)
+
+
+@dataclass
+class _Claim:
+    """Rank 0's decision about the record a run writes: resume an unfinished one, or start one."""
+
+    record: Any = None  # RunRecord
+    checkpoint: Path | None = None
+    loaded: tuple[dict, dict] | None = None  # (weights, training state) of ``checkpoint``, rank 0 only
+    lock: Any = None  # RunLock, rank 0 only
+
+
+def _claim(store, record, force: bool, say: Callable[[str], None]) -> _Claim:
+    """The unfinished record of the same config and seed to resume (unless ``force``), else a new one; its lock."""
+    import dataclasses
+
+    from segbench.engine.checkpoint import RunLock, latest_checkpoint, state_dir
+    from segbench.results.record import utc_now
+
+    if not force:
+        unfinished = [r for r in store.find(config_id=record.config_id, seed=record.seed) if r.status != "finished"]
+        if unfinished:
+            previous = unfinished[-1]
+            directory = state_dir(store.path_for(previous.run_id))
+            lock = RunLock.acquire(directory)
+            if lock is None:
+                raise ConfigError(f"run {previous.run_id} is in progress in another process (it holds "
+                                  f"{directory / 'lock'}); wait for it to end, or add --force to start another run")
+            found = latest_checkpoint(directory, warn=say)
+            step = int(found[2]["step"]) if found else 0
+            entry = {"step": step, "checkpoint": found[0].name if found else None,
+                     "previous_status": previous.status, "at": utc_now()}
+            resumed = dataclasses.replace(record, run_id=previous.run_id, created_at=previous.created_at,
+                                          resumes=[*previous.resumes, entry])
+            store.write(resumed)
+            where = f"step {step} ({found[0]})" if found else "step 0 (no checkpoint)"
+            say(f"resuming run {previous.run_id} ({previous.status}) from {where}")
+            return _Claim(resumed, checkpoint=found[0] if found else None,
+                          loaded=(found[1], found[2]) if found else None, lock=lock)
+    fresh = store.write_new(record)  # claims {run_id}.json, or -2, -3... for a forced re-run
+    return _Claim(fresh, lock=RunLock.acquire(state_dir(store.path_for(fresh.run_id))))
+
+
+def _threads(requested: int, dist, device) -> int:
+    """Torch CPU threads per process: ``requested`` (0 = torch's default), at most cores / processes under DDP."""
+    if not dist.enabled or device.type != "cpu":
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    cap = max(1, (os.cpu_count() or 1) // max(local, 1))
+    return min(requested or cap, cap)
+
+
+def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device, started, *,
+         recipe, seed, split, root, force, progress, echo) -> RunOutcome:
     import torch
 
     from segbench.api import create_dataset
-    from segbench.engine.checkpoint import save_weights
     from segbench.data.checks import validate
-    from segbench.engine.data import TrainView, make_loader, train_transform, training_keys
-    from segbench.engine.device import amp_in_effect, device_name, resolve_device
+    from segbench.engine import distributed
+    from segbench.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights, state_dir
+    from segbench.engine.data import (SeededSamples, ShardedEvalSampler, TrainSampler, TrainView, make_loader,
+                                      train_transform, training_keys)
+    from segbench.engine.device import amp_in_effect, device_name
     from segbench.engine.evaluate import evaluate
-    from segbench.engine.seeding import seed_everything, set_deterministic
+    from segbench.engine.resources import cuda_peak_mb, peak_rss_mb, reset_cuda_peak
+    from segbench.engine.seeding import mix, seed_everything, set_deterministic
+    from segbench.engine.signals import stop_on_signals
     from segbench.engine.train import train
+    from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
 
-    started = time.perf_counter()
-    torch_device = resolve_device(device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    method, dataset = method_spec.name, dataset_spec.name
+    threads = _threads(config.train.threads, dist, torch_device)
+    if threads:
+        torch.set_num_threads(threads)
+    reset_cuda_peak(torch_device)
     eval_set = create_dataset(dataset, split, root=root, **config.data)
     validate(eval_set)  # a dataset with problems stops here, before training and before any record
     if hasattr(eval_set, "select_targets"):  # decode only what the metrics read
@@ -190,13 +322,19 @@ def run_experiment(
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
-    config_id = make_config_id(config_dict, identity["fingerprint"], versions, split=split)
+    config_id = make_config_id(config_dict, identity["fingerprint"], versions, split=split,
+                               world_size=dist.world_size)
     run_id = make_run_id(config_id, seed)
+    metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
+    distributed.check_distributable(metric_objs, dist.world_size)
 
-    finished = store.find(config_id=config_id, seed=seed, status="finished")
-    if finished and not force:
-        latest = finished[-1]
-        return RunOutcome(latest.to_dict(), store.path_for(latest.run_id), reused=True)
+    reused = None
+    if dist.is_main and not force:
+        finished = store.find(config_id=config_id, seed=seed, status="finished")
+        reused = finished[-1].to_dict() if finished else None
+    reused = distributed.broadcast(reused, dist)
+    if reused:
+        return RunOutcome(reused, store.path_for(reused["run_id"]), reused=True)
 
     set_deterministic(config.train.deterministic)
     seed_everything(seed)
@@ -209,71 +347,168 @@ def run_experiment(
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    record = RunRecord(
+    template = RunRecord(
         run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
         recipe=recipe, seed=seed, config=config_dict, dataset_identity=identity,
-        class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size, world_size=1,
-        deterministic=config.train.deterministic, environment=env,
+        class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size * dist.world_size,
+        world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0)},
     )
-    record = store.write_new(record)  # claims {run_id}.json, or -2, -3... for a forced re-run
+    claim, decision = _Claim(), None
+    if dist.is_main:
+        try:
+            claim = _claim(store, template, force, echo)
+            decision = {"record": claim.record.to_dict(),
+                        "checkpoint": str(claim.checkpoint) if claim.checkpoint else None}
+        except Exception as exc:  # every process must learn of it, or the others wait forever
+            decision = exc
+    decision = distributed.broadcast(decision, dist)
+    if isinstance(decision, BaseException):
+        if dist.is_main:
+            raise decision
+        raise type(decision)(*decision.args) from None
+    record = claim.record if dist.is_main else RunRecord.from_dict(decision["record"])
     record_path = store.path_for(record.run_id)
     weights_path = record_path.with_suffix(".safetensors")
+    checkpoints = state_dir(record_path)
     context = RunContext(record.run_id, config_id, method, dataset, split, recipe, seed, config_dict,
-                         record_path, weights_path, device=str(torch_device))
-    registry.pm.hook.run_started(run=context)
+                         record_path, weights_path, device=str(torch_device), extra={"resumed_from": None})
+    if dist.is_main:
+        registry.pm.hook.run_started(run=context)
+
+    def save(step: int, state: dict) -> None:
+        rngs = distributed.gather(state["rng"], dist)  # every process's RNG states, in rank order
+        if dist.is_main:
+            save_checkpoint(checkpoints, step, model, {**state, "rng": rngs})
+
     try:
-        for data in (train_set, eval_set):  # generate once, not once per loader worker
-            if config.train.workers and hasattr(data, "materialize"):
-                data.materialize()
-        view = TrainView(train_set, keys, train_transform(config.train, keys))
-        loader = make_loader(view, config.train.batch_size, shuffle=True, seed=seed,
-                             workers=config.train.workers, drop_last=len(view) > config.train.batch_size)
-        echo(f"run {record.run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
-             f"device {torch_device}")
-        trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std, progress)
-        save_weights(model, weights_path)
-        metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
-        eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
-                                  workers=config.train.workers)
-        result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
-                          amp=config.train.amp, eval_size=config.train.eval_size,
-                          channels_last=config.train.channels_last, progress=progress)
-        if "cls_map" in metric_objs and result.labels is not None:
-            result.metrics["cls_map@prior"] = class_prior_baseline(result.labels, dataset_spec.background)
-        record.status = "finished"
-        record.metrics = result.metrics
-        record.per_class = {k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()}
-        record.weights = weights_path.name
-        record.timings = {
-            "total_s": round(time.perf_counter() - started, 3),
-            "train_s": round(trained.seconds, 3),
-            "eval_s": round(result.seconds, 3),
-            "train_images_per_s": round(trained.images / max(trained.seconds, 1e-9), 2),
-            "eval_images_per_s": round(result.images / max(result.seconds, 1e-9), 2),
-            "train_steps": trained.steps,
-        }
-        record.finished_at = _now()
+        with stop_on_signals() as stop, _nondeterministic_ops() as nondeterministic:
+            resume = None
+            if decision["checkpoint"]:
+                weights, resume = claim.loaded if dist.is_main else load_checkpoint(decision["checkpoint"])
+                if resume.get("world_size", 1) != dist.world_size:
+                    raise ConfigError(f"checkpoint {decision['checkpoint']} was written by "
+                                      f"{resume.get('world_size')} processes, this run has {dist.world_size}")
+                model.load_state_dict(weights)
+                context.extra["resumed_from"] = int(resume["step"])
+            if dist.rank:  # each process its own stream for the model's random ops (dropout)
+                torch.manual_seed(mix(seed, dist.rank))
+            for data in (train_set, eval_set):  # generate once, not once per loader worker
+                if config.train.workers and hasattr(data, "materialize"):
+                    data.materialize()
+            view = SeededSamples(TrainView(train_set, keys, train_transform(config.train, keys)))
+            sampler = TrainSampler(len(view), seed, dist.rank, dist.world_size)
+            loader = make_loader(view, config.train.batch_size, shuffle=False, seed=seed,
+                                 workers=config.train.workers, drop_last=sampler.per_rank > config.train.batch_size,
+                                 sampler=sampler)
+            procs = f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""
+            echo(f"run {record.run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
+                 f"device {torch_device}{procs}")
+            trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std,
+                            progress, resume=resume, save=save, stop=stop, dist=dist)
+            if dist.is_main:
+                save_weights(model, weights_path)
+            post = postprocess_objects(chain, config, method_spec, dataset_spec)
+            eval_sampler = ShardedEvalSampler(len(eval_set), config.train.eval_batch_size, dist.rank, dist.world_size)
+            eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
+                                      workers=config.train.workers, sampler=eval_sampler)
+            result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
+                              amp=config.train.amp, eval_size=config.train.eval_size,
+                              channels_last=config.train.channels_last, progress=progress, postprocessors=post,
+                              dist=dist)
+        costs = distributed.gather({"images": trained.images, "rss": peak_rss_mb(),
+                                    "cuda": cuda_peak_mb(torch_device)}, dist)
+        if dist.is_main:
+            if "cls_map" in metric_objs and result.labels is not None:
+                result.metrics["cls_map@prior"] = class_prior_baseline(result.labels, dataset_spec.background)
+            record.status = "finished"
+            record.metrics = result.metrics
+            record.per_class = {k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()}
+            record.weights = weights_path.name
+            record.timings = _timings(started, trained, result, sum(c["images"] for c in costs))
+            record.resources = _resources(costs, threads or torch.get_num_threads(), dist.world_size)
+            record.extra["sync_bn"] = trained.sync_bn
+            if config.train.deterministic:
+                record.extra["nondeterministic_ops"] = sorted(nondeterministic)
+            record.finished_at = _now()
     except (RunFailed, SegbenchError) as exc:
-        _close(store, record, registry, context, "failed", str(exc))
+        _close(store, record, registry, context, "failed", str(exc), claim, dist)
         exc.args = (f"{exc} (record: {record_path})",)
         raise
-    except KeyboardInterrupt:
-        _close(store, record, registry, context, "interrupted", "interrupted by the user")
+    except KeyboardInterrupt as exc:
+        message = str(exc) or "interrupted by the user"
+        _close(store, record, registry, context, "interrupted", message, claim, dist)
         raise
     except Exception as exc:
-        _close(store, record, registry, context, "failed", f"{type(exc).__name__}: {exc}")
+        _close(store, record, registry, context, "failed", f"{type(exc).__name__}: {exc}", claim, dist)
         raise
-    store.write(record)
-    registry.pm.hook.run_finished(run=context, record=record.to_dict())
-    return RunOutcome(record.to_dict(), record_path)
+    if dist.is_main:
+        store.write(record)
+        claim.lock.release(remove_directory=True)  # finished: the checkpoints have served
+        registry.pm.hook.run_finished(run=context, record=record.to_dict())
+    final = distributed.broadcast(record.to_dict() if dist.is_main else None, dist)
+    return RunOutcome(final, record_path)
 
 
-def _close(store, record, registry, context, status: str, error: str) -> None:
-    """Mark the run's record ``failed`` or ``interrupted`` with its reason, and tell the hooks."""
+def _timings(started: float, trained, result, images: int) -> dict[str, float]:
+    """Wall time of this attempt; training time, steps and throughput over every attempt; evaluation."""
+    return {
+        "total_s": round(time.perf_counter() - started, 3),
+        "train_s": round(trained.seconds, 3),
+        "eval_s": round(result.seconds, 3),
+        "checkpoint_s": round(trained.checkpoint_seconds, 3),
+        "train_images_per_s": round(images / max(trained.seconds, 1e-9), 2),
+        "eval_images_per_s": round(result.images / max(result.seconds, 1e-9), 2),
+        "train_steps": trained.steps,
+    }
+
+
+def _resources(costs: list[dict], threads: int, processes: int) -> dict[str, Any]:
+    """Peak memory over the processes (the largest one's), threads per process."""
+    rss = [c["rss"] for c in costs if c["rss"] is not None]
+    cuda = [c["cuda"] for c in costs if c["cuda"] is not None]
+    return {"peak_rss_mb": max(rss) if rss else None, "cuda_max_allocated_mb": max(cuda) if cuda else None,
+            "threads": threads, "processes": processes}
+
+
+class _nondeterministic_ops:
+    """Context manager collecting the ops torch warned have no deterministic implementation (``warn_only``)."""
+
+    MARK = "does not have a deterministic implementation"
+
+    def __enter__(self) -> set[str]:
+        import warnings
+
+        self.found: set[str] = set()
+        self._catcher = warnings.catch_warnings()
+        self._catcher.__enter__()
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            text = str(message)
+            if self.MARK in text:
+                self.found.add(text.split(self.MARK)[0].strip())
+            show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        return self.found
+
+    def __exit__(self, *exc) -> None:
+        self._catcher.__exit__(*exc)
+
+
+def _close(store, record, registry, context, status: str, error: str, claim=None, dist=None) -> None:
+    """Mark the run's record ``failed`` or ``interrupted`` with its reason, and tell the hooks (rank 0 only).
+
+    The checkpoints stay: running the same command again resumes from the last one.
+    """
+    if dist is not None and not dist.is_main:
+        return
     record.status, record.error, record.finished_at = status, error, _now()
     store.write(record)
+    if claim is not None and claim.lock is not None:
+        claim.lock.release()
     registry.pm.hook.run_finished(run=context, record=record.to_dict())
 
 

@@ -1,4 +1,12 @@
-"""The training loop: readable top to bottom, like torchvision's references/segmentation."""
+"""The training loop: readable top to bottom, like torchvision's references/segmentation.
+
+It resumes: a checkpoint holds the weights, the optimizer, scheduler and
+gradient-scaler states, the RNG states and the data position (epoch and
+batches consumed), so a resumed run takes exactly the steps the uninterrupted
+run would have taken. A SIGINT/SIGTERM (see :mod:`segbench.engine.signals`)
+ends the current step, writes a checkpoint and raises
+:class:`TrainingInterrupted`.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +14,154 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
-from segbench.engine.data import Normalizer, infinite, targets_to
+from segbench.engine.data import Normalizer, targets_to
 from segbench.engine.device import autocast
+from segbench.engine.distributed import SINGLE, DistInfo, any_true, training_module
 from segbench.engine.optim import build_optimizer, build_scheduler
+from segbench.engine.seeding import rng_state, set_rng_state
 from segbench.errors import RunFailed
 
 
 @dataclass
 class TrainResult:
     steps: int
-    images: int
-    seconds: float
+    images: int  # images this process trained on, over every attempt
+    seconds: float  # training time over every attempt, checkpoint writing excluded
     final_loss: float
+    start_step: int = 0  # where this attempt started (> 0 for a resumed run)
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints, over every attempt
+    sync_bn: bool = False  # SyncBatchNorm in effect
 
 
-def train(model, loader, config, device, mean, std, progress: bool = True) -> TrainResult:
-    """Run ``config.steps`` optimizer steps; raise :class:`RunFailed` on a non-finite loss."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """A signal stopped training at a step boundary, after a checkpoint."""
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches of ``epoch`` already consumed
+    images: int = 0
+    seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    smoothed: float = float("nan")
+    last_checkpoint: int = 0
+
+
+_PROGRESS_KEYS = ("step", "epoch", "batch", "images", "seconds", "checkpoint_seconds", "smoothed")
+
+
+def train(model, loader, config, device, mean, std, progress: bool = True, *, resume: dict | None = None,
+          save: Callable[[int, dict], Any] | None = None, stop=None, dist: DistInfo = SINGLE) -> TrainResult:
+    """Run optimizer steps up to ``config.steps``; raise :class:`RunFailed` on a non-finite loss.
+
+    ``loader`` draws from a :class:`segbench.engine.data.TrainSampler`.
+    ``resume`` is the training state of a checkpoint whose weights are already
+    in ``model``. ``save(step, state)`` writes a checkpoint; it is called on
+    every process at the same steps: every ``config.checkpoint_every`` steps,
+    at an epoch end at least ``checkpoint_every / 4`` steps after the last
+    checkpoint, at the last step, and when ``stop`` (a
+    :class:`segbench.engine.signals.StopRequest`) is set.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    forward, synced = training_module(model, dist, device, config.sync_bn)
     model.train()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and device.type == "cuda")
     normalize = Normalizer(mean, std, device, config.channels_last)
-    batches = infinite(loader)
-    images_seen, smoothed = 0, float("nan")
-    start = time.perf_counter()
-    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True,
+    sampler = loader.sampler
+    per_epoch = sampler.batches_per_epoch(loader.batch_size, loader.drop_last)
+    state = _Progress()
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        for key in _PROGRESS_KEYS:
+            setattr(state, key, resume[key])
+        state.last_checkpoint = state.step
+        set_rng_state(resume["rng"][dist.rank], device)
+        if resume.get("loader_generator") is not None and loader.generator is not None:
+            loader.generator.set_state(resume["loader_generator"])
+    start_step, prior_seconds = state.step, state.seconds
+    every = config.checkpoint_every
+    attempt_start, attempt_checkpoints = time.perf_counter(), 0.0
+
+    def snapshot() -> dict:
+        return {
+            **{key: getattr(state, key) for key in _PROGRESS_KEYS},
+            "seconds": prior_seconds + time.perf_counter() - attempt_start - attempt_checkpoints,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "loader_generator": loader.generator.get_state() if loader.generator is not None else None,
+            "rng": rng_state(device), "world_size": dist.world_size,
+        }
+
+    bar = tqdm(total=config.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not progress or not dist.is_main,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)  # logs get a line every 10 s, not every step
-    for step in range(config.steps):
-        batch = next(batches)
-        images = normalize(batch["images"])
-        targets = targets_to(batch["targets"], device)
-        with autocast(device, config.amp):
-            losses = model.loss(images, targets)
-        loss = sum(losses.values())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            bar.close()
-            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise RunFailed(f"non-finite loss at step {step + 1} ({parts}); lower lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        images_seen += images.shape[0]
-        smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
-        bar.update(1)
-        if step % 10 == 0 or step == config.steps - 1:
-            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-    bar.close()
-    return TrainResult(config.steps, images_seen, time.perf_counter() - start, smoothed)
+    if stop is not None:
+        stop.deferred = True
+    try:
+        while state.step < config.steps:
+            sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size)
+            for batch in loader:
+                images = normalize(batch["images"])
+                targets = targets_to(batch["targets"], device)
+                with autocast(device, config.amp):
+                    losses = forward(images, targets)
+                loss = sum(losses.values())
+                value = float(loss.detach())
+                epoch_end = state.batch + 1 == per_epoch
+                last = state.step + 1 == config.steps
+                due = every > 0 and (last or (state.step + 1) % every == 0
+                                     or (epoch_end and state.step + 1 - state.last_checkpoint >= max(1, every // 4)))
+                # one small all-reduce: every process agrees before backward (which all must join)
+                bad, stopping = any_true([not math.isfinite(value), stop is not None and stop.requested], dist)
+                if bad:
+                    where = "" if math.isfinite(value) else " (" + ", ".join(
+                        f"{k}={float(v.detach()):.4g}" for k, v in losses.items()) + ")"
+                    raise RunFailed(f"non-finite loss at step {state.step + 1}{where or ' in another process'}; "
+                                    "lower lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                state.step += 1
+                state.images += images.shape[0]
+                state.batch = 0 if epoch_end else state.batch + 1
+                state.epoch += int(epoch_end)
+                state.smoothed = value if math.isnan(state.smoothed) else 0.95 * state.smoothed + 0.05 * value
+                bar.update(1)
+                if state.step % 10 == 0 or last:
+                    bar.set_postfix(loss=f"{state.smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                    refresh=False)
+                if not dist.enabled:
+                    stopping = stop is not None and stop.requested
+                if save is not None and (due or stopping):
+                    began = time.perf_counter()
+                    save(state.step, snapshot())
+                    attempt_checkpoints += time.perf_counter() - began
+                    state.checkpoint_seconds += time.perf_counter() - began
+                    state.last_checkpoint = state.step
+                if stopping:
+                    kept = " after a checkpoint" if save is not None else ""
+                    raise TrainingInterrupted(f"stopped by {stop.signal or 'a signal in another process'} at "
+                                              f"step {state.step}{kept}; run the same command to resume")
+                if last or epoch_end:
+                    break
+    finally:
+        if stop is not None:
+            stop.deferred = False
+        bar.close()
+    seconds = prior_seconds + time.perf_counter() - attempt_start - attempt_checkpoints
+    return TrainResult(config.steps, state.images, seconds, state.smoothed, start_step, state.checkpoint_seconds,
+                       synced)

@@ -40,6 +40,13 @@ def build_coco_ap(**options: Any):
     return CocoAP(**options)
 
 
+def build_trimap(**options: Any):
+    """Build :class:`segbench.metrics.trimap.TrimapIoU`."""
+    from segbench.metrics.trimap import TrimapIoU
+
+    return TrimapIoU(**options)
+
+
 def build_accuracy(**options: Any):
     """Build :class:`segbench.metrics.accuracy.Accuracy`."""
     from segbench.metrics.accuracy import Accuracy
@@ -97,4 +104,15 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
         options={"num_classes": None, "background": None, "single_label": None},
         description="single-label accuracy and mean per-class accuracy of the argmax of the scores "
                     "(MIT67, 15-Scene; nothing on multi-label data)",
+    ))
+    register(MetricSpec(
+        name="trimap",
+        build=build_trimap,
+        requires_outputs={"mask"},
+        requires_annotations={"mask"},
+        primary="trimap_miou",
+        options={"num_classes": None, "ignore_index": 255, "widths": [1, 3, 5, 10, 20, 40],
+                 "distance": "euclidean", "void_is_boundary": True},
+        description="mIoU within w px of ground-truth label boundaries (void counts as a label), per width "
+                    "(trimap_miou@wW) and their mean (DeepLab's trimap experiment)",
     ))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from segbench.errors import ConfigError, OfflineError
 
@@ -98,3 +98,31 @@ def offline_message(name: str) -> str:
         f"pretrained weights for '{name}' cannot be downloaded (offline) and are not cached; "
         f"pass a local file with --weights PATH (.pth or .safetensors) or --set pretrained=false"
     )
+
+
+def feature_backbone(
+    method: str,
+    backbone: str,
+    out_index: int,
+    output_stride: int | None,
+    pretrained: bool,
+    weights: str | os.PathLike | None,
+    backbone_args: Mapping[str, Any] | None,
+) -> tuple[Any, int]:
+    """A timm features_only backbone cut at ``out_index`` and its channel count; bad options are ConfigErrors."""
+    if backbone_args is not None and not isinstance(backbone_args, Mapping):
+        raise ConfigError(f"{method}: backbone_args must be a dict of timm model arguments, got {backbone_args!r}")
+    try:
+        model = create_backbone(
+            backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+            out_indices=(out_index,), **dict(backbone_args or {}),
+        )
+    except (TypeError, IndexError) as exc:
+        raise ConfigError(
+            f"{method}: backbone '{backbone}' rejects out_index={out_index} / backbone_args={backbone_args}: {exc}"
+        ) from exc
+    except RuntimeError as exc:
+        if "Unknown model" not in str(exc):
+            raise
+        raise ConfigError(f"{method}: unknown timm backbone '{backbone}' (see timm.list_models())") from exc
+    return model, model.feature_info.channels()[-1]

@@ -37,8 +37,8 @@ def check_k(k: float, name: str = "k", allow_zero: bool = False) -> None:
     if k == 0 and allow_zero:
         return
     if k <= 0:
-        lowest = "0 (off)" if allow_zero else "a fraction in (0, 1)"
-        raise ValueError(f"{name} must be {lowest}, a fraction in (0, 1) or a count >= 1, got {k!r}")
+        lowest = "0 (off), " if allow_zero else ""
+        raise ValueError(f"{name} must be {lowest}a fraction in (0, 1) or a count >= 1, got {k!r}")
     if k >= 1 and float(k) != math.floor(k):
         raise ValueError(f"{name} >= 1 is a count of regions and must be a whole number, got {k!r}")
 
@@ -91,6 +91,8 @@ class WeldonPool2d(nn.Module):
         kmin = kmax if kmin is None else kmin
         check_k(kmax, "kmax")
         check_k(kmin, "kmin", allow_zero=True)
+        if isinstance(alpha, bool) or not isinstance(alpha, Real) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
         self.kmax, self.kmin, self.alpha = kmax, kmin, float(alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

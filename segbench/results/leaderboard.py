@@ -77,7 +77,7 @@ def runs_frame(records: Iterable[RunRecord | Mapping[str, Any]]):
     for i in sorted(meta["index"]):
         r = kept[i]
         base = {
-            "run_id": r.run_id, "config_id": r.config_id, "method": r.method, "dataset": r.dataset,
+            "run_id": r.run_id, "config_id": r.config_id, "method": method_label(r), "dataset": r.dataset,
             "split": r.split, "recipe": r.recipe, "seed": r.seed, "fingerprint": r.fingerprint,
             "finished_at": r.finished_at,
         }
@@ -85,6 +85,18 @@ def runs_frame(records: Iterable[RunRecord | Mapping[str, Any]]):
             if value is not None and math.isfinite(value):
                 rows.append({**base, "metric": key, "value": float(value)})
     return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "metric", "value"])
+
+
+def method_label(record: Any) -> str:
+    """The method's name plus the post-processors a user asked for: ``deeplab_v1+densecrf``.
+
+    The automatic class-map rule (``cam_mask``) is not named: every
+    image-supervised run has it.
+    """
+    config = record.config if hasattr(record, "config") else record.get("config", {})
+    extra = [name for name in (config or {}).get("postprocess") or {} if name != "cam_mask"]
+    method = record.method if hasattr(record, "method") else record["method"]
+    return "+".join([method, *extra])
 
 
 def summary_frame(records: Iterable[RunRecord | Mapping[str, Any]] | Any):
@@ -487,7 +499,8 @@ def _dataset_order(slot: tuple[str, Any]) -> tuple:
 
 def _method_order(name: str) -> tuple:
     known = list(METHOD_NAMES)
-    return (known.index(name) if name in known else len(known), name)
+    base = name.split("+")[0]
+    return (known.index(base) if base in known else len(known), name)
 
 
 def _label_needs(sub) -> tuple[bool, set[str]]:

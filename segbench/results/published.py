@@ -35,6 +35,12 @@ METHOD_NAMES: dict[str, str] = {
     "emadapt": "EM-Adapt",
     "lse": "LSE",
     "maskrcnn": "Mask R-CNN",
+    "cam": "CAM",
+    "spleap": "SPLeaP",
+    "fcn32s": "FCN-32s",
+    "fcn16s": "FCN-16s",
+    "unet": "U-Net",
+    "densecrf": "CRF",
 }
 """Display names of the known method keys, in the order leaderboard rows are listed."""
 
@@ -65,8 +71,8 @@ class PublishedError(SegbenchError):
 
 
 def display_method(name: str) -> str:
-    """``"wildcat"`` -> ``"WILDCAT"``; unknown names unchanged."""
-    return METHOD_NAMES.get(name, name)
+    """``"wildcat"`` -> ``"WILDCAT"``, ``"deeplab_v1+densecrf"`` -> ``"DeepLab v1 + CRF"``; unknown names unchanged."""
+    return " + ".join(METHOD_NAMES.get(part, part) for part in name.split("+"))
 
 
 def display_dataset(name: str) -> str:

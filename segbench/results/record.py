@@ -82,16 +82,22 @@ def code_versions(environment: Mapping[str, Any], plugins: list[str] | None = No
 
 
 def make_config_id(
-    config: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any], split: str | None = None
+    config: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any], split: str | None = None,
+    world_size: int = 1,
 ) -> str:
     """``config_id``: hash of the resolved config, the dataset fingerprint and the code versions.
 
     Pass the evaluation ``split`` unless ``fingerprint`` already identifies the
-    split's data: runs on two splits must not share ids.
+    split's data: runs on two splits must not share ids. ``world_size`` (the
+    number of training processes; the effective batch size and the data
+    order depend on it) enters the hash when it is not 1, so single-process
+    ids are unchanged.
     """
     payload: dict[str, Any] = {"config": config, "dataset_fingerprint": fingerprint, "code": versions}
     if split is not None:
         payload["split"] = split
+    if world_size != 1:
+        payload["world_size"] = int(world_size)
     return short_hash(payload)
 
 
@@ -197,6 +203,10 @@ class RunRecord:
     world_size: int = 1
     deterministic: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Peak memory and threads: ``peak_rss_mb``, ``cuda_max_allocated_mb`` (null off CUDA), ``threads``."""
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per resumed attempt: ``step`` it resumed from, ``checkpoint``, ``previous_status``, ``at``."""
     environment: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     error: str | None = None
@@ -294,6 +304,8 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "world_size": ((int,), False),
     "deterministic": ((bool,), False),
     "timings": ((dict,), False),
+    "resources": ((dict,), False),
+    "resumes": ((list,), False),
     "environment": ((dict,), False),
     "weights": ((str, type(None)), False),
     "error": ((str, type(None)), False),

@@ -23,8 +23,8 @@ OPTIONS = {
     "weights": None,  # a local .pth/.safetensors file for the backbone (implies pretrained)
     "backbone_args": None,  # extra timm.create_model arguments, e.g. {"channels": (32, 64, 64, 96)}
     "maps_per_class": 1,  # WILDCAT-style modalities: class map = mean of M maps
-    "kmax": 3,  # top regions: a count >= 1 or a fraction in (0, 1)
-    "kmin": 3,  # lowest regions (negative evidence); 0 = off
+    "kmax": 3.0,  # top regions: a count >= 1 or a fraction in (0, 1)
+    "kmin": 3.0,  # lowest regions (negative evidence); 0 = off
     "alpha": 1.0,  # weight of the min term (WELDON: 1)
     "loss": "bce",  # bce | margin (binary hinge on every class)
     "dropout": 0.0,  # 2-D dropout on the features before the class-map convolution
@@ -34,8 +34,8 @@ SHAPES_MODEL = {
     "backbone": "test_resnet",
     "out_index": 2,  # layer2, stride 8: 8x8 maps at 64 px, 12x12 at 96 px
     "backbone_args": {"zero_init_last": False},  # timm zero-inits each block's last BN: slow start from scratch
-    "kmax": 3,
-    "kmin": 3,
+    "kmax": 3.0,
+    "kmin": 3.0,
     "alpha": 1.0,
 }
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
@@ -65,7 +65,7 @@ RECIPES = [
                "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 224,
                "scale_min": 0.9, "scale_max": 1.1, "eval_size": 224},
         model={"backbone": "resnet101", "out_index": -1, "pretrained": True, "backbone_args": None,
-               "kmax": 15, "kmin": 15, "alpha": 1.0, "loss": "bce"},
+               "kmax": 15.0, "kmin": 15.0, "alpha": 1.0, "loss": "bce"},
         data={"image_size": 224},
     ),
 ]

@@ -1,0 +1,264 @@
+"""DeepLab v1 (LargeFOV), v2 (ASPP), v3 (ASPP with BN, multi-grid) and v3+ (decoder) on timm backbones.
+
+One class, :class:`DeepLab`, with ``version`` choosing the head; see the
+plugin README for what follows the papers and what differs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.errors import ConfigError
+from segbench.nn.backbones import cached_or_online
+from segbench_deeplab.backbone import (
+    OUTPUT_STRIDES,
+    StrideSwitch,
+    apply_multi_grid,
+    atrous_vgg,
+    build_backbone,
+    is_vgg,
+)
+from segbench_deeplab.heads import ASPP, ASPPSum, Decoder, LargeFOVHead, scale_rates
+from segbench_deeplab.inference import multiscale_probabilities
+
+VERSIONS = ("v1", "v2", "v3", "v3plus")
+IGNORE_INDEX = 255
+
+
+class DeepLab(nn.Module):
+    """A DeepLab network; ``forward(images)`` returns logits ``[B, C, H, W]`` at the input size.
+
+    In training mode the backbone runs at ``output_stride``; in eval mode at
+    ``eval_output_stride`` (when given), with the same weights and the atrous
+    rates of the head scaled by ``output_stride / eval_output_stride``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        version: str = "v3",
+        *,
+        backbone: str = "test_resnet",
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        backbone_args: Mapping[str, Any] | None = None,
+        width: float = 1.0,
+        output_stride: int = 16,
+        eval_output_stride: int | None = None,
+        multi_grid: Sequence[int] | None = None,
+        fc_channels: int = 1024,
+        fc_kernel: int = 3,
+        fc6_rate: int = 12,
+        pool5a: bool = True,
+        aspp_rates: Sequence[int] = (6, 12, 18),
+        aspp_channels: int = 256,
+        image_pooling: bool = True,
+        separable: bool = False,
+        low_level_stride: int = 4,
+        low_level_channels: int = 48,
+        decoder_channels: int = 256,
+        dropout: float = 0.1,
+        freeze_bn: bool = False,
+        eval_scales: Sequence[float] = (1.0,),
+        eval_flip: bool = False,
+    ) -> None:
+        super().__init__()
+        if version not in VERSIONS:
+            raise ConfigError(f"deeplab: version must be one of {', '.join(VERSIONS)}, got {version!r}")
+        self.method = method = f"deeplab_{version}"
+        _check(method, num_classes=num_classes, output_stride=output_stride, eval_output_stride=eval_output_stride,
+               multi_grid=multi_grid, aspp_rates=aspp_rates, eval_scales=eval_scales, dropout=dropout,
+               backbone_args=backbone_args, positive={"fc_channels": fc_channels, "fc6_rate": fc6_rate,
+                                                      "low_level_channels": low_level_channels,
+                                                      "decoder_channels": decoder_channels},
+               fc_kernel=fc_kernel, aspp_channels=aspp_channels, version=version)
+        self.num_classes = num_classes
+        self.version = version
+        self.output_stride = output_stride
+        self.eval_output_stride = eval_output_stride
+        self.multi_grid = tuple(multi_grid) if multi_grid else None
+        self.eval_scales = tuple(float(s) for s in eval_scales)
+        self.eval_flip = bool(eval_flip)
+        self.freeze_bn = bool(freeze_bn)
+        self.vgg = is_vgg(backbone)
+        build = dict(pretrained=pretrained, weights=weights, backbone_args=backbone_args, width=width)
+        self.backbone = build_backbone(method, backbone, output_stride, **build)
+        channels = list(self.backbone.feature_info.channels())
+        reductions = list(self.backbone.feature_info.reduction())
+
+        if version == "v1":
+            self.head = LargeFOVHead(channels[-1], num_classes, fc_channels, fc_kernel, fc6_rate, dropout, pool5a)
+        elif version == "v2":
+            self.head = ASPPSum(channels[-1], num_classes, aspp_rates, aspp_channels, dropout)
+        else:
+            self.aspp = ASPP(channels[-1], aspp_rates, aspp_channels, image_pooling, separable, dropout)
+            if version == "v3":
+                self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+            else:
+                if low_level_stride not in reductions[:-1] or low_level_stride >= output_stride:
+                    raise ConfigError(
+                        f"{method}: option low_level_stride={low_level_stride}: backbone '{backbone}' has no "
+                        f"feature map at that stride below output_stride={output_stride} (its strides: {reductions})"
+                    )
+                self.low_index = len(reductions) - 1 - reductions[::-1].index(low_level_stride)
+                self.decoder = Decoder(channels[self.low_index], aspp_channels, num_classes, low_level_channels,
+                                       decoder_channels, separable)
+
+        # output-stride switch (same weights): VGG re-derives its layers; others copy a meta twin's geometry
+        self._switch = StrideSwitch()
+        if eval_output_stride and eval_output_stride != output_stride and not self.vgg:
+            reference = StrideSwitch.layout(self.backbone)
+            self._switch.layouts[output_stride] = reference
+            twin = build_backbone(method, backbone, eval_output_stride, backbone_args=backbone_args, meta=True)
+            self._switch.add(method, eval_output_stride, reference, StrideSwitch.layout(twin))
+        self.current_output_stride = 0
+        self.set_output_stride(output_stride)
+        if self.freeze_bn:
+            for module in self._backbone_norms():
+                for param in module.parameters():
+                    param.requires_grad_(False)
+        self.fc_pretrained = False
+        if version == "v1" and self.vgg and (pretrained or weights) and width == 1.0:
+            self._load_vgg_classifier(backbone, weights)
+
+    # -- output stride -------------------------------------------------------------------
+    def set_output_stride(self, output_stride: int) -> None:
+        """Run the backbone at ``output_stride`` (8, 16 or 32 when available), head rates scaled to match."""
+        if output_stride != self.output_stride and output_stride not in self._switch.layouts and not self.vgg:
+            raise ConfigError(f"{self.method}: output stride {output_stride} was not prepared (eval_output_stride)")
+        if self.vgg:
+            atrous_vgg(self.backbone, output_stride)
+        elif output_stride in self._switch.layouts:
+            self._switch.apply(self.backbone, output_stride)
+        if self.multi_grid:
+            self.multi_grid_rates = apply_multi_grid(self.method, self.backbone, self.multi_grid, output_stride)
+        for name in ("head", "aspp"):  # the decoder's convolutions keep their size (rate 1)
+            if hasattr(self, name):
+                scale_rates(getattr(self, name), self.output_stride / output_stride)
+        self.current_output_stride = output_stride
+
+    def train(self, mode: bool = True) -> "DeepLab":
+        """Training mode at ``output_stride``; eval mode at ``eval_output_stride`` (frozen BN stays in eval)."""
+        super().train(mode)
+        if hasattr(self, "current_output_stride"):
+            target = self.output_stride if mode else (self.eval_output_stride or self.output_stride)
+            if target != self.current_output_stride:
+                self.set_output_stride(target)
+        if mode and getattr(self, "freeze_bn", False):
+            for module in self._backbone_norms():
+                module.eval()
+        return self
+
+    def _backbone_norms(self):
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    # -- network ---------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits ``[B, C, H, W]`` (bilinear upsampling of the head's scores)."""
+        features = self.backbone(images)
+        x = features[-1]
+        if self.version in ("v1", "v2"):
+            logits = self.head(x)
+        elif self.version == "v3":
+            logits = self.classifier(self.aspp(x))
+        else:
+            logits = self.decoder(self.aspp(x), features[self.low_index])
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    # -- segbench method API -------------------------------------------------------------------
+    def loss(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Per-pixel softmax cross-entropy over labelled pixels (255 ignored); 0 when every pixel is 255."""
+        logits = self(images)
+        masks = torch.stack([t["mask"] for t in targets]).to(device=logits.device, dtype=torch.long)
+        if masks.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"target masks are {tuple(masks.shape[-2:])}, images {tuple(logits.shape[-2:])}")
+        total = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        return {"loss": total / (masks != IGNORE_INDEX).sum().clamp(min=1)}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per image: ``score_maps`` (softmax, averaged over ``eval_scales`` and flips), ``mask`` (argmax)
+        and ``scores`` (each class's maximum probability over the image)."""
+        probs = multiscale_probabilities(self, images, self.eval_scales, self.eval_flip)
+        masks = probs.argmax(dim=1)
+        scores = probs.flatten(2).amax(dim=2)
+        return [{"mask": m, "score_maps": p, "scores": s} for m, p, s in zip(masks, probs, scores)]
+
+    # -- pretrained fc6 / fc7 (DeepLab v1) ---------------------------------------------------------
+    def _load_vgg_classifier(self, name: str, weights) -> None:
+        """fc6/fc7 from the ImageNet classifier, decimated as in DeepLab v1.
+
+        timm's VGG keeps fc6/fc7 as convolutions (``pre_logits.fc1`` 7x7x4096,
+        ``fc2`` 1x1x4096). Every ``4096 / fc_channels``-th filter (and input of
+        fc7) is kept and fc6's 7x7 kernel is subsampled to ``fc_kernel`` taps
+        per axis (7 -> 3: taps 0, 3, 6), as the paper turns VGG16 into
+        LargeFOV. Left randomly initialised when the shapes do not allow it.
+        """
+        import timm
+
+        fc6, fc7 = self.head.fc6, self.head.fc7
+        out, k = fc6.out_channels, fc6.kernel_size[0]
+        if 4096 % out or k > 7:
+            return
+        options: dict[str, Any] = {}
+        source = str(weights) if weights else cached_or_online(name)
+        if source:
+            options["pretrained_cfg_overlay"] = dict(file=source)
+        classifier = timm.create_model(name, pretrained=True, **options)
+        fc1 = getattr(getattr(classifier, "pre_logits", None), "fc1", None)
+        fc2 = getattr(getattr(classifier, "pre_logits", None), "fc2", None)
+        if fc1 is None or fc1.weight.shape[:2] != (4096, fc6.in_channels) or fc2.weight.shape[:2] != (4096, 4096):
+            return
+        keep = torch.arange(0, 4096, 4096 // out)
+        taps = torch.linspace(0, fc1.weight.shape[-1] - 1, k).round().long()
+        with torch.no_grad():
+            fc6.weight.copy_(fc1.weight[keep][:, :, taps][:, :, :, taps])
+            fc6.bias.copy_(fc1.bias[keep])
+            fc7.weight.copy_(fc2.weight[keep][:, keep])
+            fc7.bias.copy_(fc2.bias[keep])
+        self.fc_pretrained = True
+
+
+def _check(method: str, *, num_classes, output_stride, eval_output_stride, multi_grid, aspp_rates, eval_scales,
+           dropout, backbone_args, positive, fc_kernel, aspp_channels, version) -> None:
+    """One-line :class:`ConfigError` naming the option for every malformed value."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"{method}: num_classes must be an integer >= 2, got {num_classes!r}")
+    for key, value in (("output_stride", output_stride), ("eval_output_stride", eval_output_stride)):
+        if key == "eval_output_stride" and value is None:
+            continue
+        if value not in OUTPUT_STRIDES or isinstance(value, bool):
+            raise ConfigError(f"{method}: option {key} must be one of 8, 16, 32, got {value!r}")
+    if multi_grid is not None and not _positive_ints(multi_grid):
+        raise ConfigError(
+            f"{method}: option multi_grid must be a list of positive integers or None, got {multi_grid!r}")
+    if version != "v1" and (not _positive_ints(aspp_rates) or not aspp_rates):
+        raise ConfigError(f"{method}: option aspp_rates must be a non-empty list of positive integers, "
+                          f"got {aspp_rates!r}")
+    if isinstance(eval_scales, (str, bytes)) or not eval_scales or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in eval_scales):
+        raise ConfigError(f"{method}: option eval_scales must be a non-empty list of positive numbers, "
+                          f"got {eval_scales!r}")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{method}: option dropout must be in [0, 1), got {dropout!r}")
+    if backbone_args is not None and not isinstance(backbone_args, Mapping):
+        raise ConfigError(f"{method}: option backbone_args must be a dict of timm model arguments, "
+                          f"got {backbone_args!r}")
+    for key, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{method}: option {key} must be a positive integer, got {value!r}")
+    if not isinstance(fc_kernel, int) or fc_kernel < 1 or fc_kernel % 2 == 0:
+        raise ConfigError(f"{method}: option fc_kernel must be a positive odd integer, got {fc_kernel!r}")
+    least = 0 if version == "v2" else 1
+    if not isinstance(aspp_channels, int) or isinstance(aspp_channels, bool) or aspp_channels < least:
+        raise ConfigError(f"{method}: option aspp_channels must be an integer >= {least}, got {aspp_channels!r}")
+
+
+def _positive_ints(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)

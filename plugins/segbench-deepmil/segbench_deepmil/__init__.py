@@ -1,0 +1,91 @@
+"""segbench-deepmil: "Is object localization for free?" (Oquab, Bottou, Laptev, Sivic, CVPR 2015) as a segbench plugin.
+
+Registration only; torch and the model are imported when the method is built,
+so ``segbench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+from segbench import MethodSpec, Recipe, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "M. Oquab, L. Bottou, I. Laptev, J. Sivic. Is object localization for free? Weakly-supervised learning "
+    "with convolutional neural networks. CVPR 2015."
+)
+
+OPTIONS = {
+    "backbone": "test_resnet",  # any timm model with features_only
+    "out_index": 2,  # feature level the class maps are computed on (timm out_indices; -1 = last)
+    "output_stride": None,  # dilate the backbone to this stride (8, 16) where timm supports it
+    "pretrained": False,  # timm's ImageNet weights (needs the hub or its cache)
+    "weights": None,  # a local .pth/.safetensors file for the backbone (implies pretrained)
+    "backbone_args": None,  # extra timm.create_model arguments, e.g. {"zero_init_last": False}
+    "adapt_channels": 0,  # the paper's adaptation layer FCa (1x1 conv + ReLU) with this many channels; 0 = none
+    "dropout": 0.0,  # 2-D dropout before the class-map convolution (FCb)
+    "train_scales": None,  # multi-scale training: rescale each batch by one of these factors, e.g. [0.7, 1.0, 1.3]
+    "train_scale_range": None,  # or by a factor drawn uniformly in [low, high], e.g. [0.7, 1.4] (the paper's)
+}
+
+SHAPES_MODEL = {
+    "backbone": "test_resnet",
+    "out_index": 2,  # layer2, stride 8: 8x8 maps at 64 px, 12x12 at 96 px
+    "backbone_args": {"zero_init_last": False},  # timm zero-inits each block's last BN: slow start from scratch
+}
+SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
+                "warmup_steps": 50, "threads": 2}
+
+RECIPES = [
+    Recipe(
+        "quick",
+        "CPU quickstart on shapes: tiny timm ResNet cut at stride 8, global max pooling, 64 px images, 4000 "
+        "training images, AdamW, 1500 steps (single scale)",
+        train={**SHAPES_TRAIN, "steps": 1500},
+        model=SHAPES_MODEL,
+        data={"image_size": 64, "num_train": 4000},
+    ),
+    Recipe(
+        "bench",
+        "shapes leaderboard (under 6 minutes on 2 cores): the quick model at the default 96 px, 2400 steps",
+        train={**SHAPES_TRAIN, "steps": 2400},
+        model=SHAPES_MODEL,
+        data={},
+    ),
+    Recipe(
+        "paper",
+        "GPU: ImageNet VGG16 up to pool5 (stride 32, as the paper's network), adaptation layer of 2048 channels "
+        "with dropout 0.5, global max pooling, batches rescaled by a factor in [0.7, 1.4], 448 px crops, "
+        "SGD lr 1e-3 (x10 for the new layers), batch 16, 6000 steps",
+        train={"steps": 6000, "batch_size": 16, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
+               "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 448,
+               "scale_min": 1.0, "scale_max": 1.0, "eval_size": 448},
+        model={"backbone": "vgg16", "out_index": 5, "pretrained": True, "backbone_args": None,
+               "adapt_channels": 2048, "dropout": 0.5, "train_scale_range": [0.7, 1.4]},
+        data={"image_size": 448},
+    ),
+]
+
+
+def build(num_classes: int, **options):
+    """Build a :class:`segbench_deepmil.model.DeepMIL` (imports torch)."""
+    from segbench_deepmil.model import build_deepmil
+
+    return build_deepmil(num_classes, **options)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    """Register the ``deepmil`` method."""
+    register(
+        MethodSpec(
+            name="deepmil",
+            build=build,
+            supervision="image",
+            outputs={"scores", "score_maps"},
+            options=OPTIONS,
+            recipes=RECIPES,
+            description="Deep MIL: fully convolutional class maps, global max pooling, per-class log-loss, multi-scale",
+            paper=PAPER,
+        )
+    )

@@ -1,0 +1,153 @@
+"""The deepmil method: registration, global max pooling, the per-class log-loss, multi-scale training and options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segbench
+from segbench.errors import ConfigError
+from segbench.plugins import get_registry
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+C = 7
+TINY = {"backbone": "test_resnet", "out_index": 1}  # stride 4: 32 px images -> 8x8 maps
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds overhead, a lot of it on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build(**options):
+    torch.manual_seed(0)
+    return segbench.create_method("deepmil", C, **{**TINY, **options})
+
+
+def batch(n: int = 3, size: int = 32):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, size, size, generator=g)
+    labels = torch.zeros(n, C)
+    for i in range(n):
+        labels[i, 1 + i % (C - 1)] = 1.0
+    return images, [{"labels": row} for row in labels]
+
+
+def log_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The paper's loss by hand: sum over classes of log(1 + exp(-y s)), y = +-1, averaged over images."""
+    y = 2 * labels - 1
+    return torch.log1p(torch.exp(-y * scores)).sum(1).mean()
+
+
+def test_spec_is_registered_from_the_entry_point():
+    spec = get_registry().method("deepmil")
+    assert spec.supervision == "image" and spec.outputs == {"scores", "score_maps"}
+    assert set(spec.recipes) == {"quick", "bench", "paper"}
+    assert "Oquab" in spec.paper and "CVPR 2015" in spec.paper
+    paper = spec.recipes["paper"].model
+    assert paper["pretrained"] is True and paper["train_scale_range"] == [0.7, 1.4]
+    assert get_registry().plugins["deepmil"].ok
+
+
+def test_plugin_import_does_not_import_torch():
+    code = "import sys, segbench_deepmil; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_predict_shapes_and_scores_are_the_global_max_of_the_maps():
+    model = build(adapt_channels=8).eval()
+    predictions = model.predict(batch(3)[0])
+    assert len(predictions) == 3
+    for p in predictions:
+        assert set(p) == {"scores", "score_maps"}
+        assert p["scores"].shape == (C,) and p["score_maps"].shape == (C, 8, 8)
+        torch.testing.assert_close(p["scores"], p["score_maps"].flatten(1).max(1).values)
+    assert model.predict(torch.randn(1, 3, 40, 56))[0]["score_maps"].shape == (C, 10, 14)
+
+
+def test_max_pooling_on_a_hand_made_map():
+    model = build().eval()
+    maps = torch.tensor([[1.0, -2.0], [3.5, 0.0]]).expand(1, C, 2, 2).clone()
+    maps[0, 2, 0, 1] = 9.0
+    model.class_maps = lambda images: maps  # the pooling and the loss on known maps
+    scores, _ = model(torch.zeros(1, 3, 8, 8))
+    assert scores[0].tolist() == [3.5, 3.5, 9.0, 3.5, 3.5, 3.5, 3.5]
+    labels = torch.zeros(1, C)
+    labels[0, 2] = 1.0
+    expected = torch.log1p(torch.exp(torch.tensor(-9.0))) + 6 * torch.log1p(torch.exp(torch.tensor(3.5)))
+    torch.testing.assert_close(model.loss(torch.zeros(1, 3, 8, 8), [{"labels": labels[0]}])["loss"], expected)
+
+
+def test_loss_is_the_sum_over_classes_of_the_log_loss():
+    model = build().eval()
+    images, targets = batch(3)
+    scores, _ = model(images)
+    labels = torch.stack([t["labels"] for t in targets])
+    torch.testing.assert_close(model.loss(images, targets)["loss"], log_loss(scores, labels))
+
+
+def test_multi_scale_training_rescales_the_batch_inside_the_loss():
+    model = build(train_scales=[0.5]).train()  # one factor: the rescaled batch is known
+    images, targets = batch(2, size=48)
+    labels = torch.stack([t["labels"] for t in targets])
+    with torch.no_grad():
+        loss = model.loss(images, targets)["loss"]
+        small = F.interpolate(images, size=(24, 24), mode="bilinear", align_corners=False, antialias=True)
+        scores, maps = model(small)
+    assert maps.shape[-2:] == (6, 6)
+    torch.testing.assert_close(loss, log_loss(scores, labels))
+    model.eval()  # evaluation never rescales
+    assert model.predict(images)[0]["score_maps"].shape == (C, 12, 12)
+
+
+def test_scale_draws_follow_the_options():
+    torch.manual_seed(0)
+    listed = build(train_scales=[0.7, 1.0, 1.3])
+    draws = [listed.draw_scale() for _ in range(200)]
+    assert set(draws) == {0.7, 1.0, 1.3}
+    ranged = build(train_scale_range=[0.7, 1.4])
+    draws = [ranged.draw_scale() for _ in range(500)]
+    assert all(0.7 <= d <= 1.4 for d in draws) and min(draws) < 0.75 and max(draws) > 1.35
+    assert build().draw_scale() == 1.0
+
+
+def test_rescale_never_goes_below_one_feature_cell():
+    model = build()
+    assert model.stride == 4
+    assert model.rescale(torch.randn(1, 3, 8, 8), 0.1).shape[-2:] == (4, 4)
+    assert model.rescale(torch.randn(1, 3, 20, 30), 1.5).shape[-2:] == (30, 45)
+
+
+def test_multi_scale_loss_trains_and_reaches_every_parameter():
+    model = build(train_scale_range=[0.7, 1.4], adapt_channels=8, dropout=0.5).train()
+    model.loss(*batch(2))["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [({"train_scales": []}, r"deepmil: train_scales must be a non-empty list of factors in \(0, 4\] or none"),
+     ({"train_scales": [0.7, 0]}, r"train_scales must be a non-empty list of factors in \(0, 4\]"),
+     ({"train_scales": [-1.0]}, "train_scales"), ({"train_scales": "big"}, "train_scales"),
+     ({"train_scales": [8.0]}, r"\(0, 4\]"),
+     ({"train_scale_range": [1.4, 0.7]}, r"train_scale_range must be \[low, high\] with 0 < low <= high <= 4"),
+     ({"train_scale_range": [0.7]}, "train_scale_range"), ({"train_scale_range": 1.2}, "train_scale_range"),
+     ({"train_scales": [1.0], "train_scale_range": [0.7, 1.4]}, "set train_scales or train_scale_range, not both"),
+     ({"adapt_channels": -1}, "adapt_channels must be an integer >= 0, got -1"),
+     ({"dropout": 1.0}, r"dropout must be a number in \[0, 0.99\]"),
+     ({"backbone": "no_such_net"}, "no_such_net"), ({"nope": 1}, "nope")],
+)
+def test_bad_options_are_one_line_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        build(**options)
+    assert "\n" not in str(info.value)

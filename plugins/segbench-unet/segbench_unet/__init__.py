@@ -1,0 +1,98 @@
+"""segbench-unet: U-Net (Ronneberger, Fischer, Brox) with the overlap-tile strategy, as a segbench plugin.
+
+Registration only; torch and the model are imported when the method is built,
+so ``segbench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segbench import MethodSpec, Recipe, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "O. Ronneberger, P. Fischer, T. Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015, LNCS 9351, pp. 234-241 (arXiv:1505.04597)."
+)
+
+OPTIONS: dict[str, Any] = {
+    "depth": 4,  # 2x2 max-poolings in the contracting path (the paper: 4)
+    "base_channels": 64,  # channels of the first level, doubled at each level (the paper: 64)
+    "padding": "same",  # same (zero-padded 3x3 convolutions) | valid (the paper: unpadded, copies cropped)
+    "batch_norm": True,  # batch norm after every 3x3 convolution (the paper has none)
+    "dropout": 0.0,  # drop-out at the end of the contracting path (the paper uses drop-out there)
+    "tile_size": 512,  # input tile of the overlap-tile inference (the paper: 572 with valid padding); 0 = off
+    "tile_overlap": None,  # context margin of each tile, >= the receptive context radius; None = the smallest exact
+}
+
+_SMALL = {"depth": 3, "base_channels": 8, "padding": "same", "batch_norm": True, "tile_size": 256}
+_CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 8,
+              "channels_last": True, "threads": 1}
+
+# The paper: SGD with momentum 0.99, one large tile per step (batch 1), unpadded convolutions, drop-out at the
+# end of the contracting path, no batch norm. The learning rate and the number of steps are not in the paper.
+_PAPER_TRAIN = {"steps": 50_000, "batch_size": 1, "optimizer": "sgd", "lr": 1e-2, "momentum": 0.99,
+                "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, "crop_size": 388,
+                "scale_min": 0.5, "scale_max": 2.0, "hflip": True}
+_PAPER_MODEL = {"depth": 4, "base_channels": 64, "padding": "valid", "batch_norm": False, "dropout": 0.5,
+                "tile_size": 572, "tile_overlap": None}
+
+RECIPES = [
+    Recipe(
+        "quick",
+        "CPU quickstart on shapes (about 2.5 minutes): U-Net depth 3, 8 base channels, same padding, batch norm, "
+        "96 px, 4000 training images, 1200 AdamW steps of 8 images, cosine, 1 thread",
+        train={**_CPU_TRAIN, "steps": 1200, "warmup_steps": 100},
+        model=dict(_SMALL),
+        data={"image_size": 96, "num_train": 4000},
+    ),
+    Recipe(
+        "bench",
+        "shapes leaderboard (<= 6 minutes on 2 cores): the quick network, 10000 training images, 2800 AdamW "
+        "steps of 8 images, cosine, 1 thread",
+        train={**_CPU_TRAIN, "steps": 2800, "warmup_steps": 200},
+        model=dict(_SMALL),
+        data={"image_size": 96, "num_train": 10000},
+    ),
+    Recipe(
+        "paper",
+        "GPU: the paper's U-Net (depth 4, 64 channels, valid padding, no batch norm, drop-out 0.5), 572 px input "
+        "tiles -> 388 px outputs (crop 388 mirrored by 92 px), SGD momentum 0.99, batch 1, lr 0.01 (not given "
+        "in the paper), 50000 steps, random scale and flip (the paper's elastic deformations are not available)",
+        train=dict(_PAPER_TRAIN),
+        model=dict(_PAPER_MODEL),
+    ),
+]
+
+
+def build_unet(num_classes: int, **options: Any):
+    """Build a U-Net: ``build(num_classes, **options) -> UNet``."""
+    from segbench_unet.model import UNet
+
+    return UNet(num_classes, **options)
+
+
+def method_specs() -> list[MethodSpec]:
+    """The U-Net method spec."""
+    return [
+        MethodSpec(
+            name="unet",
+            build=build_unet,
+            supervision="pixel",
+            outputs={"mask", "score_maps", "scores"},
+            options=dict(OPTIONS),
+            recipes=RECIPES,
+            description="U-Net: contracting/expanding paths with feature copies; overlap-tile inference "
+                        "(mirrored borders, exact and memory-bounded for any image size)",
+            paper=PAPER,
+        )
+    ]
+
+
+@hookimpl
+def register_methods(register) -> None:
+    """Register unet."""
+    for spec in method_specs():
+        register(spec)
