@@ -412,10 +412,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- sweep ---------------------------------------------------------------------
 # (defined after main() on purpose: added by the sweeps work without touching the commands above)
 @cli.command("sweep")
@@ -464,3 +460,7 @@ def sweep_command(methods, datasets, seeds, recipe, overrides, launcher, at_once
                    echo=lambda message: click.echo(message, err=True), out=click.echo)
     if code:
         raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
