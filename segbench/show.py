@@ -13,38 +13,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import ConfigError, DataError
+from segbench.errors import ConfigError
 
 
 def load_run(run_id: str, runs: str | os.PathLike | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Rebuild a finished run's method with its weights: ``record``, ``method``, ``dataset`` specs, ``model``, ``config``."""
-    from segbench.engine.checkpoint import load_weights
-    from segbench.engine.config import resolve_config
+    """Rebuild a finished run's method with its weights: ``record``, ``method``, ``dataset`` specs, ``data``
+    (the run's dataset options), ``model`` (in eval mode) and ``device``."""
     from segbench.engine.device import resolve_device
+    from segbench.engine.reeval import build_run_model, finished_record
     from segbench.engine.run import runs_dir
     from segbench.plugins import get_registry
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
-    record = store.get(run_id).to_dict()
-    if record.get("status") != "finished" or not record.get("weights"):
-        raise ConfigError(f"run '{record['run_id']}' has status {record.get('status')!r} and no weights")
+    record = finished_record(store, run_id)
     registry = get_registry()
     method_spec = registry.method(record["method"])
     dataset_spec = registry.dataset(record["dataset"])
-    config = resolve_config(method_spec, dataset_spec, {}, record["recipe"], {})
-    config.model.update(record["config"]["model"])
-    config.data.update(record["config"]["data"])
-    for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
-        if key in config.model:
-            config.model[key] = value
-    model = method_spec.build(dataset_spec.num_classes, **config.model)
-    weights = store.path_for(record["run_id"]).parent / record["weights"]
-    if not weights.is_file():
-        raise DataError(f"{weights}: weights of run '{record['run_id']}' are missing")
-    load_weights(model, weights)
+    model = build_run_model(method_spec, dataset_spec.num_classes, store, record)
     torch_device = resolve_device(device)
-    return {"record": record, "method": method_spec, "dataset": dataset_spec, "config": config,
+    return {"record": record, "method": method_spec, "dataset": dataset_spec,
+            "data": {**dataset_spec.options, **record["config"]["data"]},
             "model": model.to(torch_device).eval(), "device": torch_device}
 
 
@@ -71,7 +60,7 @@ def show_run(run_id: str, out: str | os.PathLike, *, images: int = 6, max_classe
     record, dataset_spec, model = run["record"], run["dataset"], run["model"]
     if "score_maps" not in run["method"].outputs:
         raise ConfigError(f"method '{record['method']}' has no score maps to show")
-    data = create_dataset(dataset_spec.name, split or record["split"], root=root, **run["config"].data)
+    data = create_dataset(dataset_spec.name, split or record["split"], root=root, **run["data"])
     if start < 0 or start >= len(data):
         raise ConfigError(f"--start {start} is outside the split's {len(data)} images")
     indices = list(range(start, min(start + images, len(data))))

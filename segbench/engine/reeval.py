@@ -8,6 +8,30 @@ from typing import Any
 from segbench.errors import ConfigError, DataError
 
 
+def finished_record(store: Any, run_id: str) -> dict[str, Any]:
+    """The record of a finished run with weights (a hex prefix of the id is enough); a ConfigError otherwise."""
+    record = store.get(run_id).to_dict()
+    if record.get("status") != "finished" or not record.get("weights"):
+        raise ConfigError(f"run '{record['run_id']}' has status {record.get('status')!r} and no weights to evaluate")
+    return record
+
+
+def build_run_model(method_spec: Any, num_classes: int, store: Any, record: dict[str, Any]):
+    """The run's method rebuilt with its recorded options and loaded with its own weights (on the CPU)."""
+    from segbench.engine.checkpoint import load_weights
+
+    options = {**method_spec.options, **record["config"]["model"]}
+    for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
+        if key in options:
+            options[key] = value
+    model = method_spec.build(num_classes, **options)
+    weights = store.path_for(record["run_id"]).parent / record["weights"]
+    if not weights.is_file():
+        raise DataError(f"{weights}: weights of run '{record['run_id']}' are missing")
+    load_weights(model, weights)
+    return model
+
+
 def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
                  device: str = "auto", runs: str | os.PathLike | None = None, progress: bool = True,
                  save_predictions: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -21,7 +45,6 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     equal a one-process evaluation's.
     """
     from segbench.api import create_dataset
-    from segbench.engine.checkpoint import load_weights
     from segbench.engine.config import resolve_config
     from segbench.engine.device import resolve_device
     from segbench.engine.evaluate import evaluate
@@ -32,10 +55,8 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
-    record = store.get(run_id).to_dict()  # a hex prefix of the id is enough
+    record = finished_record(store, run_id)
     run_id = record["run_id"]
-    if record.get("status") != "finished" or not record.get("weights"):
-        raise ConfigError(f"run '{run_id}' has status {record.get('status')!r} and no weights to evaluate")
     registry = get_registry()
     method_spec = registry.method(record["method"])
     dataset_spec = registry.dataset(dataset or record["dataset"])
@@ -55,12 +76,8 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
             f"on dataset '{dataset_spec.name}' has none (outputs: {', '.join(sorted(method_spec.outputs))})"
         )
     config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {}, chain)
-    config.model.update(record["config"]["model"])
     for name, options in (saved_post or {}).items():  # the run's own post-processing options
         config.postprocess.get(name, {}).update(options)
-    for key, value in (("pretrained", False), ("weights", None)):  # the run's own weights replace them
-        if key in config.model:
-            config.model[key] = value
     if dataset is None:  # the run's own data and metric options (e.g. the pointing tolerance of its image size)
         config.data.update(record["config"]["data"])
         for name, options in record["config"].get("metrics", {}).items():
@@ -68,12 +85,7 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
                 config.metrics[name].update(options)
     dist, torch_device = setup(resolve_device(device))
     try:
-        model = method_spec.build(dataset_spec.num_classes, **config.model)
-        weights = store.path_for(run_id).parent / record["weights"]
-        if not weights.is_file():
-            raise DataError(f"{weights}: weights of run '{run_id}' are missing")
-        load_weights(model, weights)
-        model.to(torch_device)
+        model = build_run_model(method_spec, dataset_spec.num_classes, store, record).to(torch_device)
         eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
         train = record["config"]["train"]
         batch_size = train.get("eval_batch_size", 16)

@@ -51,7 +51,7 @@ def create_backbone(
         raise ConfigError(f"unknown timm backbone '{name}'{hint}")
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
-    except AssertionError as exc:
+    except (AssertionError, TypeError, IndexError) as exc:  # timm's own checks of out_indices, strides, kwargs
         raise ConfigError(f"timm backbone '{name}' rejects options {options}: {exc or 'assertion failed'}") from exc
 
 
@@ -109,20 +109,12 @@ def feature_backbone(
     weights: str | os.PathLike | None,
     backbone_args: Mapping[str, Any] | None,
 ) -> tuple[Any, int]:
-    """A timm features_only backbone cut at ``out_index`` and its channel count; bad options are ConfigErrors."""
+    """A timm features_only backbone cut at ``out_index`` and its channel count; errors name ``method``."""
     if backbone_args is not None and not isinstance(backbone_args, Mapping):
         raise ConfigError(f"{method}: backbone_args must be a dict of timm model arguments, got {backbone_args!r}")
     try:
-        model = create_backbone(
-            backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-            out_indices=(out_index,), **dict(backbone_args or {}),
-        )
-    except (TypeError, IndexError) as exc:
-        raise ConfigError(
-            f"{method}: backbone '{backbone}' rejects out_index={out_index} / backbone_args={backbone_args}: {exc}"
-        ) from exc
-    except RuntimeError as exc:
-        if "Unknown model" not in str(exc):
-            raise
-        raise ConfigError(f"{method}: unknown timm backbone '{backbone}' (see timm.list_models())") from exc
+        model = create_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                                out_indices=(out_index,), **dict(backbone_args or {}))
+    except ConfigError as exc:
+        raise ConfigError(f"{method}: {exc} (out_index={out_index}, backbone_args={backbone_args})") from exc
     return model, model.feature_info.channels()[-1]

@@ -20,14 +20,6 @@ C = 5
 TINY = {"width": 0.125, "fc_channels": 16, "fc_kernel": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int = 0, **options) -> DeconvNet:
     torch.manual_seed(seed)
     return DeconvNet(C, **{**TINY, **options})

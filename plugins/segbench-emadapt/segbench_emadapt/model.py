@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import ConfigError, DataError
-from segbench.nn.backbones import create_backbone
+from segbench.nn.backbones import feature_backbone
+from segbench.nn.losses import label_weights, weighted_bce
 from segbench.nn.pooling import weldon_pool2d
 from segbench_emadapt.adaptive_bias import latent_segmentation
 
@@ -108,8 +109,9 @@ class EMAdapt(nn.Module):
         self.num_classes = num_classes
         self.estep_options = dict(background=background, fg_share=float(fg_share), bg_share=float(bg_share),
                                   sweeps=sweeps, shuffle=shuffle)
-        self.backbone = _backbone(backbone, pretrained, weights, output_stride, out_index, backbone_args)
-        channels = self.backbone.feature_info.channels()[-1]
+        self.backbone, channels = feature_backbone(
+            "emadapt", backbone, out_index, output_stride, pretrained, weights, backbone_args
+        )
         layers: list[nn.Module] = []
         if head_channels:
             layers += [nn.Conv2d(channels, head_channels, 3, padding=head_dilation, dilation=head_dilation),
@@ -170,15 +172,10 @@ class EMAdapt(nn.Module):
         classes do not count.
         """
         scores = weldon_pool2d(logits, kmax=self.estep_options["fg_share"], kmin=0)  # [B, C]
-        labels = torch.stack([t["labels"] for t in targets]).to(scores.device, torch.float32)
-        weight = torch.ones_like(labels)
-        if any("labels_ignore" in t for t in targets):
-            none = torch.zeros(labels.shape[1], dtype=torch.bool)
-            weight = (~torch.stack([t.get("labels_ignore", none) for t in targets]).to(scores.device)).to(weight)
+        labels, weight = label_weights("emadapt", targets, scores.shape[1], scores.device)
         if self.estep_options["background"] is not None:
             weight[:, self.estep_options["background"]] = 0
-        per_class = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-        return (per_class * weight).sum() / weight.sum().clamp_min(1.0)
+        return weighted_bce(scores, labels, weight)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict]:
@@ -189,14 +186,3 @@ class EMAdapt(nn.Module):
         masks = probs.argmax(1)
         scores = probs.flatten(2).amax(2)
         return [{"scores": s, "score_maps": p, "mask": m} for s, p, m in zip(scores, probs, masks)]
-
-
-def _backbone(name: str, pretrained: bool, weights, output_stride, out_index: int, backbone_args):
-    """``create_backbone`` cut at ``out_index``; timm's argument errors become one-line ConfigErrors."""
-    try:
-        return create_backbone(name, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                               out_indices=(out_index,), **dict(backbone_args or {}))
-    except (TypeError, IndexError) as exc:
-        raise ConfigError(
-            f"emadapt: backbone '{name}' rejects out_index={out_index} / backbone_args={backbone_args}: {exc}"
-        ) from exc

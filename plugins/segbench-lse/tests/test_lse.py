@@ -21,15 +21,6 @@ C = 7
 TINY = {"backbone": "test_resnet", "out_index": 1}  # stride 4: 32 px images -> 8x8 maps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds overhead, a lot of it on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(method: str, **options):
     torch.manual_seed(0)
     return segbench.create_method(method, C, **{**TINY, **options})

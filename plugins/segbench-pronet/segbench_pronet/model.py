@@ -13,24 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from segbench.errors import ConfigError, DataError
+from segbench.errors import ConfigError
 from segbench.nn.backbones import create_backbone
 from segbench.nn.heads import ClassMapHead
+from segbench.nn.losses import label_weights, weighted_bce
 from segbench_pronet.options import check_options
 from segbench_pronet.proposals import Proposals, propose, window_scores
 
 
 def timm_features(name: str, out_index: int, what: str, backbone_args: Mapping[str, Any] | None, **kwargs):
-    """``create_backbone`` with timm's own errors turned into one-line ConfigErrors naming ``what``."""
+    """``create_backbone`` cut at ``out_index``; its one-line ConfigErrors name the option ``what``."""
     try:
         return create_backbone(name, out_indices=(out_index,), **kwargs, **dict(backbone_args or {}))
-    except (TypeError, IndexError) as exc:
-        raise ConfigError(f"pronet: {what} '{name}' rejects out_index={out_index} / args={backbone_args}: "
-                          f"{exc}") from exc
-    except RuntimeError as exc:
-        if "Unknown model" not in str(exc):
-            raise
-        raise ConfigError(f"pronet: unknown timm {what} '{name}' (see timm.list_models())") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"pronet: {what}: {exc} (out_index={out_index}, args={backbone_args})") from exc
 
 
 def spatial_pool(maps: torch.Tensor, pool: str, r: float = 5.0) -> torch.Tensor:
@@ -41,24 +37,6 @@ def spatial_pool(maps: torch.Tensor, pool: str, r: float = 5.0) -> torch.Tensor:
     if pool == "avg":
         return flat.mean(-1)
     return (torch.logsumexp(r * flat, dim=-1) - math.log(flat.shape[-1])) / r
-
-
-def multilabel_bce(scores: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with logits per (row, class), weighted and averaged over the weight."""
-    per = F.binary_cross_entropy_with_logits(scores.float(), labels, reduction="none")
-    return (per * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def label_weights(targets: list[dict], num_classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image labels ``[B, C]`` (float) and loss weights (0 where ``labels_ignore``)."""
-    labels = torch.stack([t["labels"] for t in targets]).to(device, torch.float32)
-    if labels.shape[1] != num_classes:
-        raise DataError(f"pronet: labels have shape {tuple(labels.shape)}, expected [B, {num_classes}]")
-    weight = torch.ones_like(labels)
-    if any("labels_ignore" in t for t in targets):
-        none = torch.zeros(num_classes, dtype=torch.bool)
-        weight = (~torch.stack([t.get("labels_ignore", none).to(device, torch.bool) for t in targets])).to(labels)
-    return labels, weight
 
 
 class CascadeNet(nn.Module):
@@ -156,8 +134,8 @@ class ProNet(nn.Module):
         """Multi-label BCE on the first-level scores plus, weighted by ``cascade_weight``, BCE of the
         cascade on crops of the proposed boxes labelled with their image's labels."""
         scores, maps = self(images)
-        labels, weight = label_weights(targets, self.num_classes, scores.device)
-        loss_proposal = multilabel_bce(scores, labels, weight)
+        labels, weight = label_weights("pronet", targets, self.num_classes, scores.device)
+        loss_proposal = weighted_bce(scores, labels, weight)
         image, classes, boxes = self.training_boxes(scores, maps, labels, tuple(images.shape[-2:]))
         logits = self.cascade(self.crops(images, image, boxes))
         crop_labels, crop_weight = labels[image], weight[image].clone()
@@ -165,7 +143,7 @@ class ProNet(nn.Module):
             keep = crop_weight[torch.arange(len(classes)), classes]
             crop_weight = crop_weight * (1.0 - crop_labels)
             crop_weight[torch.arange(len(classes)), classes] = keep
-        loss_cascade = multilabel_bce(logits, crop_labels, crop_weight)
+        loss_cascade = weighted_bce(logits, crop_labels, crop_weight)
         return {"loss_proposal": loss_proposal, "loss_cascade": self.cascade_weight * loss_cascade}
 
     # -- prediction --------------------------------------------------------------------------

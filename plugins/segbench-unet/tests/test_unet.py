@@ -27,15 +27,6 @@ from segbench_unet.tiling import (
 C = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One CPU thread: the test machine is shared, and multi-threaded tiny convolutions only lose time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int = 0, dtype=torch.float32, **options) -> UNet:
     """A tiny U-Net in eval mode with non-trivial batch-norm statistics."""
     torch.manual_seed(seed)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import ConfigError, DataError
-from segbench.nn.backbones import create_backbone
+from segbench.nn.backbones import feature_backbone
 from segbench.nn.heads import ClassMapHead
+from segbench.nn.losses import label_weights, multilabel_bce
 from segbench.nn.pooling import WeldonPool2d
 
 LOSSES = ("bce", "margin")
@@ -46,8 +47,6 @@ class Weldon(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if backbone_args is not None and not isinstance(backbone_args, Mapping):
-            raise ConfigError(f"weldon: backbone_args must be a dict of timm model arguments, got {backbone_args!r}")
         if loss not in LOSSES:
             raise ConfigError(f"weldon: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if isinstance(maps_per_class, bool) or not isinstance(maps_per_class, int) or maps_per_class < 1:
@@ -58,20 +57,9 @@ class Weldon(nn.Module):
             raise ConfigError(f"weldon: {exc}") from exc
         self.num_classes = num_classes
         self.loss_name = loss
-        try:
-            self.backbone = create_backbone(
-                backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                out_indices=(out_index,), **dict(backbone_args or {}),
-            )
-        except (TypeError, IndexError) as exc:
-            raise ConfigError(
-                f"weldon: backbone '{backbone}' rejects out_index={out_index} / backbone_args={backbone_args}: {exc}"
-            ) from exc
-        except RuntimeError as exc:
-            if "Unknown model" not in str(exc):
-                raise
-            raise ConfigError(f"weldon: unknown timm backbone '{backbone}' (see timm.list_models())") from exc
-        channels = self.backbone.feature_info.channels()[-1]
+        self.backbone, channels = feature_backbone(
+            "weldon", backbone, out_index, output_stride, pretrained, weights, backbone_args
+        )
         self.head = ClassMapHead(channels, num_classes, maps_per_class, dropout=dropout)
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,18 +78,12 @@ class Weldon(nn.Module):
         """
         scores, _ = self(images)
         scores = scores.float()
-        labels = torch.stack([t["labels"] for t in targets]).to(scores.device, torch.float32)
+        if self.loss_name == "bce":
+            return {"loss": multilabel_bce("weldon", scores, targets)}
+        labels, weight = label_weights("weldon", targets, self.num_classes, scores.device)
         if labels.shape != scores.shape:
             raise DataError(f"weldon: labels have shape {tuple(labels.shape)}, scores {tuple(scores.shape)}")
-        weight = torch.ones_like(labels)
-        if any("labels_ignore" in t for t in targets):
-            none = torch.zeros(labels.shape[1], dtype=torch.bool)
-            ignore = [t.get("labels_ignore", none).to(weight.device, torch.bool) for t in targets]
-            weight = (~torch.stack(ignore)).to(weight)
-        if self.loss_name == "bce":
-            per_class = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-        else:
-            per_class = F.relu(1.0 - (2.0 * labels - 1.0) * scores)
+        per_class = F.relu(1.0 - (2.0 * labels - 1.0) * scores)
         return {"loss": (per_class * weight).sum() / weight.sum().clamp_min(1.0)}
 
     @torch.no_grad()

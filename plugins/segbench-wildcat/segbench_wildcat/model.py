@@ -8,12 +8,12 @@ from numbers import Real
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segbench.errors import ConfigError, DataError
-from segbench.nn.backbones import create_backbone
+from segbench.errors import ConfigError
+from segbench.nn.backbones import feature_backbone
 from segbench.nn.heads import ClassMapHead
+from segbench.nn.losses import multilabel_bce
 from segbench.nn.pooling import WeldonPool2d
 
 K_FORMS = "a fraction of the regions in (0, 1) or a whole count >= 1"
@@ -76,8 +76,9 @@ class Wildcat(nn.Module):
         super().__init__()
         check_options(num_classes, maps_per_class, kmax, kmin, alpha, dropout, backbone_args)
         self.num_classes = num_classes
-        self.backbone = _backbone(backbone, pretrained, weights, output_stride, out_index, backbone_args)
-        channels = self.backbone.feature_info.channels()[-1]
+        self.backbone, channels = feature_backbone(
+            "wildcat", backbone, out_index, output_stride, pretrained, weights, backbone_args
+        )
         self.head = ClassMapHead(channels, num_classes, maps_per_class, dropout=float(dropout))
         self.pool = WeldonPool2d(kmax, kmax if kmin is None else kmin, float(alpha))
 
@@ -96,17 +97,7 @@ class Wildcat(nn.Module):
         A class marked in a target's optional ``labels_ignore`` does not count.
         """
         scores, _ = self(images)
-        scores = scores.float()
-        labels = torch.stack([t["labels"] for t in targets]).to(scores.device, torch.float32)
-        if labels.shape != scores.shape:
-            raise DataError(f"wildcat: labels have shape {tuple(labels.shape)}, scores {tuple(scores.shape)}")
-        weight = torch.ones_like(labels)
-        if any("labels_ignore" in t for t in targets):
-            none = torch.zeros(labels.shape[1], dtype=torch.bool)
-            ignore = [t.get("labels_ignore", none).to(weight.device, torch.bool) for t in targets]
-            weight = (~torch.stack(ignore)).to(weight)
-        per_class = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-        return {"loss": (per_class * weight).sum() / weight.sum().clamp_min(1.0)}
+        return {"loss": multilabel_bce("wildcat", scores, targets)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict]:
@@ -114,14 +105,3 @@ class Wildcat(nn.Module):
         scores, maps = self(images)
         scores, maps = scores.float(), maps.float()
         return [{"scores": s, "score_maps": m} for s, m in zip(scores, maps)]
-
-
-def _backbone(name: str, pretrained: bool, weights, output_stride, out_index: int, backbone_args):
-    """``create_backbone`` cut at ``out_index``; timm's argument errors become one-line ConfigErrors."""
-    try:
-        return create_backbone(name, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                               out_indices=(out_index,), **dict(backbone_args or {}))
-    except (TypeError, IndexError) as exc:
-        raise ConfigError(
-            f"wildcat: backbone '{name}' rejects out_index={out_index} / backbone_args={backbone_args}: {exc}"
-        ) from exc

@@ -7,28 +7,23 @@ import math
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from segbench.errors import ConfigError, DataError
+from segbench.errors import ConfigError
 from segbench.nn.backbones import create_backbone
+from segbench.nn.losses import multilabel_bce
 from segbench_wsloc.beam import beam_search
 from segbench_wsloc.boxpool import BoxMeans
 from segbench_wsloc.options import check_options
 
 
 def timm_features(name: str, out_index: int, backbone_args: Mapping[str, Any] | None, **kwargs):
-    """``create_backbone`` with timm's own errors turned into one-line ConfigErrors."""
+    """``create_backbone`` cut at ``out_index``; its one-line ConfigErrors name the method."""
     try:
         return create_backbone(name, out_indices=(out_index,), **kwargs, **dict(backbone_args or {}))
-    except (TypeError, IndexError) as exc:
-        raise ConfigError(f"wsloc: backbone '{name}' rejects out_index={out_index} / backbone_args={backbone_args}: "
-                          f"{exc}") from exc
-    except RuntimeError as exc:
-        if "Unknown model" not in str(exc):
-            raise
-        raise ConfigError(f"wsloc: unknown timm backbone '{name}' (see timm.list_models())") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"wsloc: {exc} (out_index={out_index}, backbone_args={backbone_args})") from exc
 
 
 class WSLoc(nn.Module):
@@ -69,17 +64,7 @@ class WSLoc(nn.Module):
     def loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """Multi-label BCE with logits on the image scores; classes in ``labels_ignore`` do not count."""
         scores, _ = self(images)
-        scores = scores.float()
-        labels = torch.stack([t["labels"] for t in targets]).to(scores.device, torch.float32)
-        if labels.shape != scores.shape:
-            raise DataError(f"wsloc: labels have shape {tuple(labels.shape)}, scores {tuple(scores.shape)}")
-        weight = torch.ones_like(labels)
-        if any("labels_ignore" in t for t in targets):
-            none = torch.zeros(labels.shape[1], dtype=torch.bool)
-            weight = (~torch.stack([t.get("labels_ignore", none).to(weight.device, torch.bool)
-                                    for t in targets])).to(weight)
-        per = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-        return {"loss": (per * weight).sum() / weight.sum().clamp_min(1.0)}
+        return {"loss": multilabel_bce("wsloc", scores, targets)}
 
     # -- the beam search ---------------------------------------------------------------------
     def region_logits(self, pool: BoxMeans, image: torch.Tensor, classes: torch.Tensor,

@@ -20,14 +20,6 @@ C = 5
 TINY = {"backbone": "test_resnet", "out_index": 1}  # stride 4: 32 px images -> 8x8 feature maps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(**options):
     torch.manual_seed(0)
     return segbench.create_method("wsloc", C, **{**TINY, **options})
