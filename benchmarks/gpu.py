@@ -54,9 +54,8 @@ SINGLE_SCALE = {"eval_scales": [1.0], "eval_flip": False, "eval_output_stride": 
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "deeplab_v3plus": {"model": {"backbone": "resnet50"}, "size": 512, "batch_size": 16},
     "mask_rcnn": {"model": {"backbone": "resnet50_fpn"}, "size": 512, "batch_size": 8},
-    "maskrcnn": {"model": {"backbone": "resnet50_fpn"}, "size": 512, "batch_size": 8},
 }
-QUICK_MODEL = {"mask_rcnn": {"image_min_size": 0}, "maskrcnn": {"image_min_size": 0}}  # keep 64 px on the CPU
+QUICK_MODEL = {"mask_rcnn": {"image_min_size": 0}}  # keep 64 px on the CPU
 
 
 def peak_tflops(device_name: str) -> float | None:

@@ -28,7 +28,7 @@ FAMILIES = {
     "wsl": ["weldon", "deepmil", "cam", "lse", "spleap", "wildcat", "pronet", "wsloc", "emadapt"],
     "supervised": ["fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "deeplab_v2", "deeplab_v3", "deeplab_v3plus",
                    "deconvnet", "unet"],
-    "instance": ["maskrcnn"],
+    "instance": ["mask_rcnn"],
 }
 COLUMNS = {
     "wsl": ["cls_map", "cls_map@prior", "loc_map", "loc_map@centre", "miou"],

@@ -225,6 +225,8 @@ def eval_command(run_id, dataset, split, root, device, runs_dir, save_prediction
         raise click.UsageError(f"{save_predictions} already exists; choose another file")
     record = evaluate_run(run_id, dataset=dataset, split=split, root=root, device=device, runs=runs_dir,
                           progress=not quiet, save_predictions=save_predictions)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     _print_metrics(record)
     if save_predictions:
         click.echo(f"predictions: {save_predictions}")

@@ -82,3 +82,26 @@ def test_device_choice():
             resolve_device("cuda")
     with pytest.raises(ConfigError, match="--device must be"):
         resolve_device("tpu")
+
+
+def test_crop_padding_fills_void_in_the_class_mask_and_zero_in_instance_masks():
+    from torchvision import tv_tensors
+
+    from segbench.engine.config import TrainConfig
+    from segbench.engine.data import TrainView, train_transform
+
+    image = tv_tensors.Image(torch.full((3, 8, 8), 7, dtype=torch.uint8))
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    sample = {"image": image, "meta": {},
+              "target": {"labels": torch.tensor([0.0, 1.0]), "mask": tv_tensors.Mask(torch.ones(8, 8, dtype=torch.uint8)),
+                         "masks": tv_tensors.Mask(masks), "classes": torch.tensor([1]), "iscrowd": torch.tensor([0]),
+                         "boxes": tv_tensors.BoundingBoxes(torch.tensor([[2.0, 2.0, 6.0, 6.0]]), format="XYXY",
+                                                           canvas_size=(8, 8))}}
+    keys = frozenset({"mask", "masks", "boxes"})
+    view = TrainView([sample], keys, train_transform(TrainConfig(crop_size=12, hflip=False), keys))
+    target = view[0]["target"]
+    assert target["mask"].shape == target["masks"].shape[1:] == (12, 12)
+    assert int((target["mask"] == 255).sum()) == 144 - 64  # the padded border is void in the class mask
+    assert int(target["masks"].sum()) == 16  # and outside every instance
+    assert view[0]["image"].shape == (3, 12, 12)

@@ -214,7 +214,7 @@ def test_shipped_published_csv_is_valid_and_matches_the_design_notes():
     verified = {(r.method, r.dataset, r.metric, r.value) for r in frame.itertuples() if r.verified}
     assert ("wsloc", "voc2012", "loc_map", 79.7) in verified and ("wsloc", "coco", "loc_map", 49.2) in verified
     assert ("deeplab_v3plus", "voc2012", "miou", 89.0) in verified
-    assert ("maskrcnn", "coco", "coco_ap_segm", 35.7) in verified
+    assert ("mask_rcnn", "coco", "coco_ap_segm", 35.7) in verified
     for unverified in [("deepmil", "voc2012", "loc_map", 74.5), ("pronet", "coco", "loc_map", 46.4),
                        ("spn", "voc2012", "loc_map", 82.9), ("wildcat", "voc2007", "cls_map", 95.0),
                        ("deconvnet", "voc2012", "miou", 69.6), ("emadapt", "voc2012", "miou", 39.6)]:

@@ -96,6 +96,15 @@ def test_unknown_or_inapplicable_postprocessor_is_refused(tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
+def test_bad_postprocessor_option_fails_before_training_and_writes_no_record(tmp_path):
+    from segbench.engine.run import run_experiment
+
+    overrides = {"steps": 2, "batch_size": 4, "num_train": 8, "num_val": 6, "image_size": 48, "bg_threshold": 1.5}
+    with pytest.raises(ConfigError, match="bg_threshold must be in \\[0, 1\\]"):
+        run_experiment("weldon", "shapes", overrides=overrides, runs=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.safetensors"))
+
+
 def test_leaderboard_names_requested_postprocessors_but_not_the_class_map_rule():
     from segbench.results.leaderboard import method_label
     from segbench.results.published import display_method

@@ -27,6 +27,8 @@ class TrainView:
         target = {k: v for k, v in sample["target"].items() if k in self.keys}
         image = sample["image"]
         if self.transform is not None:
+            if "masks" in target:
+                target["masks"] = _instance_masks(target["masks"])
             image, target = self.transform(image, target)
         return {"image": image, "target": target, "meta": sample["meta"]}
 
@@ -65,6 +67,13 @@ def _mask_type():
     from torchvision import tv_tensors
 
     return tv_tensors.Mask
+
+
+def _instance_masks(masks):
+    """``masks`` typed so that crop padding fills them with 0 (see ``instance_masks``)."""
+    from segbench.engine.instance_masks import InstanceMasks
+
+    return masks.as_subclass(InstanceMasks)
 
 
 def _classes_getter(inputs):

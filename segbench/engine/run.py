@@ -346,6 +346,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    post = postprocess_objects(chain, config, method_spec, dataset_spec)  # bad options fail before any record
 
     template = RunRecord(
         run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
@@ -409,7 +410,6 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                             progress, resume=resume, save=save, stop=stop, dist=dist)
             if dist.is_main:
                 save_weights(model, weights_path)
-            post = postprocess_objects(chain, config, method_spec, dataset_spec)
             eval_sampler = ShardedEvalSampler(len(eval_set), config.train.eval_batch_size, dist.rank, dist.world_size)
             eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
                                       workers=config.train.workers, sampler=eval_sampler)

@@ -34,7 +34,7 @@ METHOD_NAMES: dict[str, str] = {
     "deconvnet": "DeconvNet",
     "emadapt": "EM-Adapt",
     "lse": "LSE",
-    "maskrcnn": "Mask R-CNN",
+    "mask_rcnn": "Mask R-CNN",
     "cam": "CAM",
     "spleap": "SPLeaP",
     "fcn32s": "FCN-32s",
