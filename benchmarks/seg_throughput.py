@@ -11,8 +11,11 @@ Pairs (21 classes, random weights, eval mode, ``torch.inference_mode``):
   like: torchvision's FCN is a dilated output-stride-8 ResNet with one 3x3 head; segbench's is the paper's
   stride-32 net with pool4/pool3 skips. The GFLOP column says how far apart they are.
 - ``deeplab_v3plus`` (ResNet-50, output stride 16, separable ASPP 12/24/36 and decoder) vs
-  segmentation_models_pytorch ``DeepLabV3Plus("resnet50", encoder_weights=None)`` (same settings); reported
-  as blocked when the package is not installed.
+  segmentation_models_pytorch ``DeepLabV3Plus("resnet50", encoder_weights=None)`` (same settings).
+- ``unet`` (the paper's depth-4, 64-channel U-Net, same padding and batch norm, one pass) vs smp ``Unet`` with
+  the ``vgg13_bn`` encoder at depth 4 (the closest smp has to the paper's contracting path). The smp pairs are
+  reported as blocked when ``segmentation-models-pytorch`` is not installed (``pip install
+  segmentation-models-pytorch``; not a segbench dependency).
 
 Each input (1x3x512x512 and 4x3x256x256) is timed ``warm-up + repeats`` times per model, interleaved within
 a pair (A, B, A, B, ...), and the median is kept. ``ratio`` = anchor time / segbench time (>= 1: segbench
@@ -72,6 +75,12 @@ def pairs() -> list[tuple[str, str, object, object, str]]:
                                     decoder_channels=256)) if smp else None,
          "smp's decoder has one separable 3x3 conv, segbench's two" if smp else
          "BLOCKED: segmentation_models_pytorch is not installed"),
+        ("unet depth 4, 64 ch (paper, same padding, BN)", "smp Unet vgg13_bn depth 4",
+         lambda: ours("unet", depth=4, base_channels=64, tile_size=0),
+         (lambda: smp.Unet(encoder_name="vgg13_bn", encoder_weights=None, encoder_depth=4, classes=NUM_CLASSES,
+                           decoder_channels=(512, 256, 128, 64))) if smp else None,
+         "not like for like: smp has no paper U-Net encoder; vgg13_bn is its contracting path with 512 instead of "
+         "1024 channels at the bottom, see GFLOP" if smp else "BLOCKED: segmentation_models_pytorch is not installed"),
     ]
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 FAMILIES = {
@@ -32,31 +32,39 @@ FAMILIES = {
 }
 COLUMNS = {
     "wsl": ["cls_map", "cls_map@prior", "loc_map", "loc_map@centre", "miou"],
-    "supervised": ["miou", "pixel_acc", "trimap", "cls_map", "loc_map"],
+    "supervised": ["miou", "pixel_acc", "trimap_miou@w3", "trimap_miou@w10", "trimap_miou", "cls_map", "loc_map"],
     "instance": ["coco_ap_segm", "coco_ap50_segm", "coco_ap75_segm", "coco_ap_bbox", "coco_ap50_bbox", "miou",
                  "cls_map", "loc_map"],
 }
 
 
 def run_one(method: str, recipe: str, runs: Path, seed: int, extra: list[str]) -> dict:
-    """One run in a fresh process: its record plus wall and CPU seconds (or the error)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+    """One run in a fresh process: its record plus its own wall and CPU seconds (or the error).
+
+    The CPU time is the child's own (``os.wait4``), so it stays right when
+    several runs share the machine (``--jobs``).
+    """
     command = [sys.executable, "-m", "segbench", "run", "--method", method, "--dataset", "shapes", "--recipe",
                recipe, "--seed", str(seed), "--runs-dir", str(runs), "--quiet", "--force", *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    cpu = usage.ru_utime + usage.ru_stime
     row = {"method": method, "recipe": recipe, "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
-    record_line = [line for line in done.stdout.splitlines() if line.startswith("record: ")]
-    if done.returncode != 0 or not record_line:
-        row["error"] = (done.stderr.strip().splitlines() or ["failed"])[-1][:200]
+    record_line = [line for line in stdout.splitlines() if line.startswith("record: ")]
+    if process.returncode != 0 or not record_line:
+        row["error"] = (stderr.strip().splitlines() or ["failed"])[-1][:200]
         return row
     record = json.loads(Path(record_line[-1][len("record: "):]).read_text())
     row.update({k: v for k, v in record["metrics"].items() if v is not None})
     row["train_s"] = record.get("timings", {}).get("train_s")
-    row["threads"] = record["config"]["train"].get("threads")
+    row["threads"] = record.get("resources", {}).get("threads") or record["config"]["train"].get("threads")
     return row
 
 
@@ -83,21 +91,28 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--runs-dir", default=None, help="where the records go (default: a temporary folder)")
     parser.add_argument("--out", default=None, help="write the Markdown table here (overwrites)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (with --set threads=1, one core each: a run's wall time is then what "
+                             "it takes on one core, an upper bound of a two-thread run on an idle machine)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods = args.methods.split(",") if args.methods else FAMILIES[args.family]
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="segbench-shapes-"))
     extra = [item for pair in args.overrides for item in ("--set", pair)]
-    rows = []
-    for method in methods:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            row = run_one(method, args.recipe, runs, seed, extra)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    grid = [(method, int(seed)) for method in methods for seed in args.seeds.split(",")]
+
+    def one(item: tuple[str, int]) -> dict:
+        row = run_one(item[0], args.recipe, runs, item[1], extra)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(one, grid))
     load = os.getloadavg()
     text = (f"{table(rows, COLUMNS[args.family])}\n\nshapes, recipe `{args.recipe}`; wall and CPU seconds per run "
-            f"(fresh process); load average at the end {load[0]:.1f}; records in {runs}\n")
+            f"(fresh process, {args.jobs} at a time{', ' + ' '.join(extra) if extra else ''}); load average at the "
+            f"end {load[0]:.1f}; records in {runs}\n")
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

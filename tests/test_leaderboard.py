@@ -200,6 +200,18 @@ def test_published_rows_present_and_marked(runs_dir):
     assert "| Deep MIL (paper)" in md and "\u2020 not yet verified" in md
 
 
+def test_named_datasets_keep_their_published_columns_beside_runs_elsewhere():
+    runs = [rec(dataset="shapes", seed=s, metrics={"loc_map": v}) for s, v in enumerate(SEED_VALUES)]
+    board = build_leaderboard(runs, metric="loc_map", published=True, dataset="shapes,voc2012,coco")
+    frame = board.display_frame()
+    assert list(frame.columns) == ["Method", "Shapes", "VOC 2012", "MS COCO", "Source"]
+    assert cell(board, "WILDCAT", "Shapes") == "63.0 ± 3.6 (3)"
+    assert cell(board, "WILDCAT", "VOC 2012") == "-"
+    assert cell(board, "WSLocalization (paper)", "MS COCO") == "49.2"
+    unnamed = build_leaderboard(runs, metric="loc_map", published=True).display_frame()
+    assert list(unnamed.columns) == ["Method", "Shapes", "Source"]  # references only for the runs' datasets
+
+
 def test_published_only_table_and_split_labels():
     board = build_leaderboard([], metric="miou", published=True, dataset="voc2012")
     labels = list(board.display_frame()["Method"])

@@ -254,7 +254,7 @@ def build_leaderboard(
         refs = refs[refs["value"].notna()]
         if datasets:
             refs = refs[refs["dataset"].isin(datasets)]
-        if not summary.empty:
+        if not summary.empty and not datasets:  # named datasets keep their references even without runs
             refs = refs[refs["dataset"].isin(set(summary["dataset"]))]
     if summary.empty and (refs is None or refs.empty):
         where = f" for dataset {', '.join(datasets)}" if datasets else ""
@@ -278,8 +278,10 @@ def build_leaderboard(
     # columns
     if by == "datasets":
         slots = sorted({(d, s) for d, s in zip(summary["dataset"], summary["split"])}, key=_dataset_order)
-        if not slots and refs is not None:
-            slots = sorted({(d, None) for d in refs["dataset"]}, key=_dataset_order)
+        if refs is not None:  # datasets with references but no runs (only when named, or when no runs at all)
+            have = {d for d, _ in slots}
+            slots = sorted(slots + [(d, None) for d in dict.fromkeys(refs["dataset"]) if d not in have],
+                           key=_dataset_order)
         multi = {d for d, _ in slots if sum(1 for x, _ in slots if x == d) > 1}
         col_of = {(d, s): display_dataset(d) + (f" ({s})" if d in multi else "") for d, s in slots}
         columns = [col_of[s] for s in slots]

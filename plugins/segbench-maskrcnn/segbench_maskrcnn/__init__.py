@@ -87,8 +87,8 @@ RECIPES = [
     ),
     Recipe(
         "bench",
-        "shapes leaderboard (about 7-8 minutes on 1 core): the quick network, 1500 AdamW steps of 4 images",
-        train={**CPU_TRAIN, "steps": 1500, "warmup_steps": 50},
+        "shapes leaderboard (about 10 minutes on 1 core): the quick network, 2000 AdamW steps of 4 images",
+        train={**CPU_TRAIN, "steps": 2000, "warmup_steps": 50},
         model=dict(SMALL_MODEL),
         data={"image_size": 96},
     ),
