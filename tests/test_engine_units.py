@@ -21,6 +21,49 @@ def test_poly_and_cosine_schedules_with_warmup():
     assert lr_factor(7, TrainConfig(steps=10, schedule="constant")) == 1.0
 
 
+def test_step_schedule_is_caffes_multistep():
+    step = TrainConfig(steps=6000, schedule="step", milestones=[2000, 4000], gamma=0.1)
+    step.validate()
+    assert step.milestones == (2000, 4000)
+    factors = [lr_factor(s, step) for s in (0, 1999, 2000, 3999, 4000, 5999)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    warm = TrainConfig(steps=100, schedule="step", milestones=[50], warmup_steps=10)
+    assert lr_factor(4, warm) == 0.5 and lr_factor(49, warm) == 1.0 and lr_factor(50, warm) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"schedule": "step"}, "schedule 'step' needs milestones"),
+    ({"schedule": "step", "milestones": [400, 200]}, "milestones must be increasing positive step numbers"),
+    ({"milestones": [0]}, "milestones must be increasing positive step numbers"),
+    ({"schedule": "step", "milestones": [5], "gamma": 0.0}, "gamma must be in \\(0, 1\\]"),
+    ({"schedule": "exp"}, "schedule must be one of poly, cosine, step, constant"),
+])
+def test_bad_schedule_fields_are_one_line_errors(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**fields).validate()
+
+
+def test_train_split_is_chosen_checked_and_recorded(tmp_path):
+    from segbench.engine.run import run_experiment
+
+    tiny = {"steps": 2, "batch_size": 4, "num_train": 8, "num_val": 6, "num_test": 5, "image_size": 48}
+    with pytest.raises(ConfigError, match="dataset 'shapes' has no split 'trainaug' to train on; splits: train, val"):
+        run_experiment("weldon", "shapes", overrides={**tiny, "train_split": "trainaug"}, runs=tmp_path,
+                       progress=False)
+    assert not list(tmp_path.rglob("*.json"))
+    said = []
+    outcome = run_experiment("weldon", "shapes", overrides={**tiny, "train_split": "test"}, runs=tmp_path,
+                             progress=False, echo=said.append)
+    record = outcome.record
+    assert record["train_split"] == "test" and record["config"]["train"]["train_split"] == "test"
+    assert not any("same split" in line for line in said)
+    outcome = run_experiment("weldon", "shapes", overrides={**tiny, "train_split": "val"}, runs=tmp_path,
+                             progress=False, echo=said.append)
+    assert any("training and evaluating on the same split 'val' of 'shapes'" in line for line in said)
+    default = run_experiment("weldon", "shapes", overrides=tiny, runs=tmp_path, progress=False).record
+    assert default["train_split"] == "train"
+
+
 def test_head_lr_mult_splits_backbone_and_head():
     class Net(torch.nn.Module):
         def __init__(self):

@@ -33,8 +33,10 @@ class TrainConfig:
     head_lr_mult: float = 1.0  # learning rate of non-backbone parameters, relative to lr
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "poly"  # poly | cosine | constant
+    schedule: str = "poly"  # poly | cosine | step | constant
     poly_power: float = 0.9
+    milestones: tuple[int, ...] = ()  # step schedule: lr x gamma at each of these steps (Caffe's multistep)
+    gamma: float = 0.1  # step schedule: the factor at each milestone
     warmup_steps: int = 0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     hflip: bool = True  # random horizontal flip in training
@@ -50,9 +52,10 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500  # steps between resume checkpoints (also at epoch ends and the last step); 0 = off
     sync_bn: bool = False  # SyncBatchNorm across processes (data parallel on CUDA)
+    train_split: str = ""  # the split trained on; "" = the dataset's own (e.g. voc2012: train; trainaug with SBD)
 
     def validate(self) -> None:
-        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "constant"),
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "step", "constant"),
                    "amp": ("bf16", "fp16", "off")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -64,6 +67,21 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every}")
+        if isinstance(self.milestones, (int, float)) and not isinstance(self.milestones, bool):
+            self.milestones = (self.milestones,)
+        try:
+            self.milestones = tuple(self.milestones)
+        except TypeError:
+            self.milestones = (self.milestones,)
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones) or \
+                list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"milestones must be increasing positive step numbers, got {list(self.milestones)}")
+        if self.schedule == "step" and not self.milestones:
+            raise ConfigError("schedule 'step' needs milestones, e.g. --set milestones=[2000,4000]")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not isinstance(self.train_split, str):
+            raise ConfigError(f"train_split must be a split name, got {self.train_split!r}")
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))

@@ -33,10 +33,16 @@ def build_optimizer(model, config):
 
 
 def lr_factor(step: int, config) -> float:
-    """The multiplier of each group's base lr at ``step`` (0-based): linear warmup, then poly, cosine or constant."""
+    """The multiplier of each group's base lr at ``step`` (0-based): linear warmup, then poly, cosine, step or constant.
+
+    ``step`` is Caffe's ``multistep`` policy: ``gamma ** (milestones passed)``,
+    a milestone ``m`` counting from step ``m`` on (warm-up included in the count).
+    """
     total = max(config.steps, 1)
     if config.warmup_steps and step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
+    if config.schedule == "step":
+        return config.gamma ** sum(1 for m in config.milestones if step >= m)
     start = min(config.warmup_steps, total - 1)
     progress = (step - start) / max(total - start, 1)
     progress = min(max(progress, 0.0), 1.0)

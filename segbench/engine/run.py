@@ -129,6 +129,17 @@ def check_pairing(method: MethodSpec, dataset: DatasetSpec) -> None:
         )
 
 
+def check_train_split(train_split: str, eval_split: str, dataset: DatasetSpec) -> str | None:
+    """A ConfigError unless ``train_split`` is one of the dataset's splits; a warning when it is also evaluated on."""
+    if train_split not in dataset.splits:
+        raise ConfigError(f"dataset '{dataset.name}' has no split '{train_split}' to train on; "
+                          f"splits: {', '.join(dataset.splits)}")
+    if train_split == eval_split:
+        return (f"warning: training and evaluating on the same split '{train_split}' of '{dataset.name}': "
+                f"the numbers measure fitting, not generalisation")
+    return None
+
+
 def dataset_identity(dataset: Any, spec: DatasetSpec, split: str, options: Mapping[str, Any]) -> dict:
     """Name, split, size and a fingerprint: the dataset's own ``fingerprint`` (attribute or method) when it has one."""
     if hasattr(dataset, "fingerprint"):
@@ -221,6 +232,7 @@ def run_experiment(
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
+    same_split = check_train_split(config.train.train_split or dataset_spec.train_split, split, dataset_spec)
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
@@ -230,6 +242,8 @@ def run_experiment(
 
     started = time.perf_counter()
     dist, torch_device = distributed.setup(resolve_device(device))
+    if same_split and dist.is_main:
+        echo(same_split)
     try:
         return _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device,
                     started, recipe=recipe, seed=seed, split=split, root=root, force=force, progress=progress,
@@ -338,7 +352,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
 
     set_deterministic(config.train.deterministic)
     seed_everything(seed)
-    train_set = create_dataset(dataset, dataset_spec.train_split, root=root, **config.data)
+    train_set = create_dataset(dataset, config.train.train_split or dataset_spec.train_split, root=root,
+                               **config.data)
     validate(train_set)
     keys = training_keys(method_spec.requires_annotations)
     if hasattr(train_set, "select_targets"):
@@ -354,7 +369,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size * dist.world_size,
         world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
-               "train_skipped": getattr(train_set, "skipped", 0)},
+               "train_skipped": getattr(train_set, "skipped", 0),
+               "train_split": config.train.train_split or dataset_spec.train_split},
     )
     claim, decision = _Claim(), None
     if dist.is_main:

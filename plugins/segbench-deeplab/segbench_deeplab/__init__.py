@@ -106,7 +106,7 @@ _PAPER: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"backbone": "vgg16", "pretrained": True, "width": 1.0, "output_stride": 8, "fc_channels": 1024,
                   "fc_kernel": 3, "fc6_rate": 12, "pool5a": True, "dropout": 0.5},
         "train": {"steps": 6000, "batch_size": 20, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
-                  "momentum": 0.9, "weight_decay": 5e-4, "schedule": "poly", "poly_power": 0.9,
+                  "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "milestones": [2000, 4000],
                   "crop_size": 321, "hflip": True},
     },
     "v2": {
@@ -135,8 +135,8 @@ _PAPER: dict[str, dict[str, dict[str, Any]]] = {
 }
 _PAPER_TEXT = {
     "v1": "GPU: ImageNet VGG16 (fc6/fc7 decimated to 1024 x 3x3), LargeFOV at output stride 8; SGD momentum 0.9, "
-          "lr 1e-3 (x10 on the head), weight decay 5e-4, batch 20, 321 px crops, 6000 iterations, poly decay "
-          "(the paper: x0.1 every 2000)",
+          "lr 1e-3 (x10 on the head), weight decay 5e-4, batch 20, 321 px crops, 6000 iterations, x0.1 every "
+          "2000",
     "v2": "GPU: ImageNet ResNet-101 (batch norm frozen), ASPP-L (6, 12, 18, 24) at output stride 8; SGD momentum "
           "0.9, lr 2.5e-4 (x10 on ASPP), poly 0.9, weight decay 5e-4, batch 10, 321 px crops, random scale "
           "0.5-1.5, 20000 iterations",
