@@ -69,7 +69,8 @@ def _run_options(func):
                      help="Local pretrained backbone weights (.pth or .safetensors)."),
         click.option("--metrics", default=None, help="Comma-separated metrics (default: every applicable one)."),
         click.option("--postprocess", multiple=True, metavar="NAME",
-                     help="Post-processor applied to predictions (segbench list postprocessors); repeatable."),
+                     help="Post-processor applied to predictions (segbench list postprocessors), after the "
+                          "recipe's own; repeatable; 'none' drops the recipe's."),
         click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
                      help="Where records go (default $SEGBENCH_RUNS_DIR or ./runs)."),
         click.option("--force", is_flag=True, help="Run again even when an identical finished run exists."),

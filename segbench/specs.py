@@ -55,7 +55,10 @@ class Recipe:
     ``train`` overrides fields of :class:`segbench.engine.config.TrainConfig`
     (steps, batch_size, lr, ...); ``model`` overrides the method's options;
     ``data`` overrides the dataset's options (image size, split sizes) when
-    the dataset has such an option (ignored otherwise).
+    the dataset has such an option (ignored otherwise). ``postprocess`` names
+    post-processors every run of the recipe applies, before those asked for
+    with ``--postprocess`` (DeepLab v1's ``paper`` recipe: ``("densecrf",)``);
+    ``--postprocess none`` drops them.
     """
 
     name: str
@@ -63,6 +66,11 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
+    postprocess: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = (self.postprocess,) if isinstance(self.postprocess, str) else tuple(self.postprocess)
+        object.__setattr__(self, "postprocess", names)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -113,3 +114,21 @@ def test_leaderboard_names_requested_postprocessors_but_not_the_class_map_rule()
     assert method_label({"method": "deeplab_v1", "config": {"postprocess": {"densecrf": {}}}}) == "deeplab_v1+densecrf"
     assert method_label({"method": "fcn8s", "config": {}}) == "fcn8s"
     assert display_method("deeplab_v1+densecrf") == "DeepLab v1 + CRF"
+
+
+def test_a_recipe_applies_its_post_processors_and_none_drops_them(tmp_path):
+    from segbench import Recipe
+    from segbench.engine.run import requested_postprocessors
+
+    registry = get_registry()
+    method = registry.method("weldon")
+    with_rule = dataclasses.replace(method, recipes={"quick": Recipe("quick", postprocess=("cam_mask",)),
+                                                     "gone": Recipe("gone", postprocess="nope")})
+    assert with_rule.recipes["gone"].postprocess == ("nope",)
+    assert requested_postprocessors(with_rule, "quick", None, registry) == ["cam_mask"]
+    assert requested_postprocessors(with_rule, "quick", ["cam_mask"], registry) == ["cam_mask"]
+    assert requested_postprocessors(with_rule, "quick", ["none"], registry) == []
+    with pytest.raises(ConfigError, match="recipe 'weldon:gone' applies post-processor 'nope', which is not "
+                                          "installed .* --postprocess none to run without it"):
+        requested_postprocessors(with_rule, "gone", None, registry)
+    assert requested_postprocessors(with_rule, "gone", ["none"], registry) == []

@@ -105,6 +105,26 @@ def postprocess_chain(method: MethodSpec, dataset: DatasetSpec, registry: Regist
     return chain, frozenset(outputs)
 
 
+def requested_postprocessors(method: MethodSpec, recipe: str, requested: Sequence[str] | None,
+                             registry: Registry) -> list[str]:
+    """The recipe's post-processors, then ``requested``; ``"none"`` among ``requested`` drops the recipe's.
+
+    A recipe's post-processor whose plugin is not installed is a one-line
+    ConfigError saying how to run without it.
+    """
+    names = list(requested or ())
+    if "none" in names:
+        return [n for n in names if n != "none"]
+    spec = method.recipes.get(recipe)
+    own = list(spec.postprocess) if spec is not None else []
+    for name in own:
+        if name not in registry.postprocessors:
+            raise ConfigError(f"recipe '{method.name}:{recipe}' applies post-processor '{name}', which is not "
+                              f"installed (segbench list postprocessors); install its plugin, or add "
+                              f"--postprocess none to run without it")
+    return list(dict.fromkeys([*own, *names]))
+
+
 def postprocess_objects(chain: Mapping[str, PostprocessorSpec], config: ResolvedConfig, method: MethodSpec,
                         dataset: DatasetSpec) -> list[Any]:
     """Build each post-processor with its resolved options and what the engine fills in."""
@@ -229,6 +249,7 @@ def run_experiment(
     if split not in dataset_spec.splits:
         raise ConfigError(f"dataset '{dataset}' has no split '{split}'; splits: {', '.join(dataset_spec.splits)}")
     check_pairing(method_spec, dataset_spec)
+    postprocess = requested_postprocessors(method_spec, recipe, postprocess, registry)
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)

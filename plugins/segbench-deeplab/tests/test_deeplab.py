@@ -71,6 +71,25 @@ def test_registers_four_methods_through_the_entry_point():
     assert paper["eval_scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert registry.methods["deeplab_v2"].options["aspp_rates"] == [6, 12, 18, 24]
     assert registry.methods["deeplab_v1"].options["fc6_rate"] == 12
+    v1_paper = registry.methods["deeplab_v1"].recipes["paper"]
+    assert v1_paper.train["schedule"] == "step" and v1_paper.train["milestones"] == [2000, 4000]
+    assert [registry.methods[n].recipes["paper"].postprocess for n in NAMES] == [("densecrf",), ("densecrf",), (), ()]
+    assert all(r.postprocess == () for n in NAMES for k, r in registry.methods[n].recipes.items() if k != "paper")
+
+
+def test_the_v1_paper_recipe_resolves_with_the_crf_and_none_drops_it():
+    from segbench.engine.config import resolve_config
+    from segbench.engine.run import postprocess_chain, requested_postprocessors
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    if "densecrf" not in registry.postprocessors:
+        pytest.skip("segbench-densecrf is not installed")
+    method, dataset = registry.method("deeplab_v1"), registry.dataset("voc2012")
+    chain, _ = postprocess_chain(method, dataset, registry, requested_postprocessors(method, "paper", [], registry))
+    config = resolve_config(method, dataset, {}, "paper", {}, chain)
+    assert list(config.postprocess) == ["densecrf"] and config.train.milestones == (2000, 4000)
+    assert requested_postprocessors(method, "paper", ["none"], registry) == []
 
 
 def test_importing_the_plugin_does_not_import_torch():
