@@ -65,6 +65,9 @@ def run_one(method: str, recipe: str, runs: Path, seed: int, extra: list[str]) -
     row.update({k: v for k, v in record["metrics"].items() if v is not None})
     row["train_s"] = record.get("timings", {}).get("train_s")
     row["threads"] = record.get("resources", {}).get("threads") or record["config"]["train"].get("threads")
+    post = [name for name in record["config"].get("postprocess", {}) if name != "cam_mask"]
+    if post:
+        row["method"] = "+".join([method, *post])
     return row
 
 
@@ -94,12 +97,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (with --set threads=1, one core each: a run's wall time is then what "
                              "it takes on one core, an upper bound of a two-thread run on an idle machine)")
+    parser.add_argument("--postprocess", action="append", default=[], metavar="NAME",
+                        help="a post-processor for every run (e.g. densecrf), passed to segbench run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods = args.methods.split(",") if args.methods else FAMILIES[args.family]
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="segbench-shapes-"))
     extra = [item for pair in args.overrides for item in ("--set", pair)]
+    extra += [item for name in args.postprocess for item in ("--postprocess", name)]
     grid = [(method, int(seed)) for method in methods for seed in args.seeds.split(",")]
 
     def one(item: tuple[str, int]) -> dict:
