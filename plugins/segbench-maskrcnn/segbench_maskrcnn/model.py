@@ -199,8 +199,8 @@ class MaskRCNN(tv_mask_rcnn.MaskRCNN):
 def box_regions(boxes: torch.Tensor, size) -> torch.Tensor:
     """bool ``[N, H, W]``: the pixels each XYXY box touches (its edges rounded outwards).
 
-    Instance masks are cut to their boxes: a crop that pads the image fills
-    ``tv_tensors.Mask`` with the void value, which turns padding into mask pixels.
+    Instance masks are cut to their boxes, a guard against targets whose masks
+    spill outside their boxes (the engine's crop pads instance masks with 0).
     """
     h, w = size
     x1, y1 = boxes[:, 0].floor()[:, None], boxes[:, 1].floor()[:, None]
