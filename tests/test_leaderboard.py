@@ -122,7 +122,17 @@ def test_by_metrics_and_split_columns():
     by_ds = build_leaderboard(runs, metric="loc_map")
     assert by_ds.columns == ["VOC 2012 (test)", "VOC 2012 (val)"]
     only_val = build_leaderboard(runs, metric="cls_map,loc_map", by="metrics", split="val")
-    assert only_val.columns == ["loc_map", "cls_map"] and only_val.heads == ["Method"]
+    assert only_val.columns == ["cls_map", "loc_map"] and only_val.heads == ["Method"]  # in the order asked
+
+
+def test_by_metrics_with_named_datasets_shows_their_references_and_says_so():
+    runs = [rec(method="mask_rcnn", dataset="shapes", metrics={"coco_ap_segm": 0.319, "coco_ap50_segm": 0.568})]
+    board = build_leaderboard(runs, by="metrics", metric="coco_ap_segm,coco_ap50_segm", published=True,
+                              dataset="shapes,coco")
+    assert board.columns == ["coco_ap_segm", "coco_ap50_segm"]
+    assert cell(board, "Mask R-CNN R101-FPN (paper)", "coco_ap50_segm") == "58.0"
+    assert cell(board, "Mask R-CNN", "coco_ap_segm") == "31.9"
+    assert board.caption.startswith("Metrics on MS COCO, Shapes") or board.caption.startswith("Metrics on Shapes, MS COCO")
 
 
 # -- renderings ------------------------------------------------------------------------------------------
@@ -232,7 +242,9 @@ def test_shipped_published_csv_is_valid_and_matches_the_design_notes():
                        ("deconvnet", "voc2012", "miou", 69.6), ("emadapt", "voc2012", "miou", 39.6)]:
         assert unverified not in verified
         assert unverified[:3] in {(r.method, r.dataset, r.metric) for r in frame.itertuples()}
-    assert set(frame["metric"]) <= {"loc_map", "cls_map", "miou", "coco_ap_segm", "coco_ap_bbox", "accuracy"}
+    assert ("mask_rcnn", "coco", "coco_ap50_segm", 58.0) in verified and ("mask_rcnn", "coco", "coco_ap75_segm", 37.8) in verified
+    assert set(frame["metric"]) <= {"loc_map", "cls_map", "miou", "coco_ap_segm", "coco_ap50_segm", "coco_ap75_segm",
+                                    "coco_ap_bbox", "accuracy"}
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,7 @@ def build_leaderboard(
         col_of = {(d, s): display_dataset(d) + (f" ({s})" if d in multi else "") for d, s in slots}
         columns = [col_of[s] for s in slots]
     else:
-        columns = sorted(chosen, key=_metric_order)
+        columns = sorted(chosen, key=_metric_order) if metric in (None, "", "auto") else list(chosen)  # as asked
         slots = sorted({(d, s) for d, s in zip(summary["dataset"], summary["split"])}, key=_dataset_order)
         multi = {d for d, _ in slots if sum(1 for x, _ in slots if x == d) > 1}
     heads = ["Method"]
@@ -369,9 +369,8 @@ def build_leaderboard(
     if by == "datasets":
         caption = f"{display_metric(chosen[0])} ({chosen[0]}) {unit}: {seeds}."
     else:
-        where = ", ".join(dict.fromkeys(display_dataset(d) for d, _ in slots)) or ", ".join(
-            dict.fromkeys(display_dataset(d) for d in (refs["dataset"] if refs is not None else []))
-        )
+        shown = [d for d, _ in slots] + (list(refs["dataset"]) if refs is not None else [])
+        where = ", ".join(dict.fromkeys(display_dataset(d) for d in sorted(shown, key=lambda d: _dataset_order((d, "")))))
         caption = f"Metrics on {where} {unit}: {seeds}."
     footnotes = []
     if published:
