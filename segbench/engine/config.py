@@ -67,12 +67,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every}")
-        if isinstance(self.milestones, (int, float)) and not isinstance(self.milestones, bool):
-            self.milestones = (self.milestones,)
-        try:
-            self.milestones = tuple(self.milestones)
-        except TypeError:
-            self.milestones = (self.milestones,)
+        one = isinstance(self.milestones, (str, int, float, bool)) or not hasattr(self.milestones, "__iter__")
+        self.milestones = (self.milestones,) if one else tuple(self.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones) or \
                 list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"milestones must be increasing positive step numbers, got {list(self.milestones)}")
