@@ -149,6 +149,11 @@ def check_pairing(method: MethodSpec, dataset: DatasetSpec) -> None:
         )
 
 
+def training_split(config: ResolvedConfig, dataset: DatasetSpec) -> str:
+    """The split a run trains on: ``train_split`` when set, else the dataset's own."""
+    return config.train.train_split or dataset.train_split
+
+
 def check_train_split(train_split: str, eval_split: str, dataset: DatasetSpec) -> str | None:
     """A ConfigError unless ``train_split`` is one of the dataset's splits; a warning when it is also evaluated on."""
     if train_split not in dataset.splits:
@@ -253,7 +258,7 @@ def run_experiment(
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
-    same_split = check_train_split(config.train.train_split or dataset_spec.train_split, split, dataset_spec)
+    same_split = check_train_split(training_split(config, dataset_spec), split, dataset_spec)
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
@@ -373,8 +378,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
 
     set_deterministic(config.train.deterministic)
     seed_everything(seed)
-    train_set = create_dataset(dataset, config.train.train_split or dataset_spec.train_split, root=root,
-                               **config.data)
+    train_split = training_split(config, dataset_spec)
+    train_set = create_dataset(dataset, train_split, root=root, **config.data)
     validate(train_set)
     keys = training_keys(method_spec.requires_annotations)
     if hasattr(train_set, "select_targets"):
@@ -391,7 +396,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0),
-               "train_split": config.train.train_split or dataset_spec.train_split},
+               "train_split": train_split},
     )
     claim, decision = _Claim(), None
     if dist.is_main:

@@ -370,7 +370,8 @@ def build_leaderboard(
         caption = f"{display_metric(chosen[0])} ({chosen[0]}) {unit}: {seeds}."
     else:
         shown = [d for d, _ in slots] + (list(refs["dataset"]) if refs is not None else [])
-        where = ", ".join(dict.fromkeys(display_dataset(d) for d in sorted(shown, key=lambda d: _dataset_order((d, "")))))
+        shown.sort(key=lambda d: _dataset_order((d, "")))
+        where = ", ".join(dict.fromkeys(display_dataset(d) for d in shown))
         caption = f"Metrics on {where} {unit}: {seeds}."
     footnotes = []
     if published:
