@@ -83,12 +83,18 @@ def _classes_getter(inputs):
 
 
 def collate(samples: Sequence[dict]) -> dict:
-    """Keep samples as lists; images are stacked later by size."""
-    return {
-        "images": [s["image"] for s in samples],
-        "targets": [s["target"] for s in samples],
-        "metas": [s["meta"] for s in samples],
-    }
+    """Keep samples as lists; images are stacked later by size.
+
+    The batch is a :class:`~segbench.engine.transfer.Batch`: from a worker,
+    all its tensors reach the main process in one shared-memory buffer.
+    """
+    from segbench.engine.transfer import Batch
+
+    return Batch(
+        images=[s["image"] for s in samples],
+        targets=[s["target"] for s in samples],
+        metas=[s["meta"] for s in samples],
+    )
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, workers: int = 0,
