@@ -27,11 +27,14 @@ def _jpeg(path: Path, value: int, mode: str = "RGB", size=(12, 10)) -> None:
 
 @pytest.fixture
 def mit67(tmp_path):
-    """Three classes, 3 train + 1 test images each; one 'jpg' is really a GIF (as a few MIT67 files are)."""
+    """Three classes, 3 train + 1 test images each; one 'jpg' is really a GIF (as a few MIT67 files are).
+
+    The test images' names have a space, as a few official ones do ("mall/shopping mall.jpg").
+    """
     lines = {"train": [], "test": []}
     for c, cls in enumerate(("bakery", "kitchen", "winecellar")):
         for k in range(4):
-            name = f"{cls}/img_{k}.jpg"
+            name = f"{cls}/img_{k}.jpg" if k < 3 else f"{cls}/img {k}.jpg"
             _jpeg(tmp_path / "Images" / name, 40 * c + k)
             lines["train" if k < 3 else "test"].append(name)
     Image.new("P", (9, 7), 3).save(tmp_path / "Images" / "kitchen" / "img_0.jpg", format="GIF")
@@ -53,7 +56,7 @@ def test_specs_have_no_background_and_want_one_label():
 def test_mit67_reads_the_official_lists(mit67):
     train, test = MIT67(mit67, "train"), MIT67(mit67, "test")
     assert len(train) == 9 and len(test) == 3
-    assert test.ids == ["bakery/img_3", "kitchen/img_3", "winecellar/img_3"]
+    assert test.ids == ["bakery/img 3", "kitchen/img 3", "winecellar/img 3"]
     sample = train[0]
     assert tuple(sample["image"].shape) == (3, 10, 12) and sample["meta"]["orig_size"] == (10, 12)
     assert torch.nonzero(sample["target"]["labels"]).ravel().tolist() == [MIT67_CLASSES.index("bakery")]

@@ -25,7 +25,8 @@ def _sample(seed: int) -> dict:
         "boxes": tv_tensors.BoundingBoxes(torch.rand(n, 4, generator=g) * 30, format="XYXY", canvas_size=(100, 80)),
         "classes": torch.arange(n, dtype=torch.int64),
         "mask": tv_tensors.Mask(torch.randint(0, 21, (100, 80), dtype=torch.uint8, generator=g)),
-        "masks": torch.rand(n, 100, 80, generator=g).gt(0.5).as_subclass(InstanceMasks),
+        # Fortran-ordered, as pycocotools decodes them: [N, H, W] with strides (H*W, 1, H)
+        "masks": torch.rand(n, 80, 100, generator=g).gt(0.5).permute(0, 2, 1).as_subclass(InstanceMasks),
         "score": torch.tensor(0.25, dtype=torch.float64),
         "image_id": seed,
     }
@@ -37,6 +38,7 @@ def _assert_same(a, b) -> None:
     assert type(a) is type(b)
     if isinstance(a, torch.Tensor):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) and a.__dict__ == b.__dict__
+        assert [s for s, n in zip(a.stride(), a.shape) if n > 1] == [s for s, n in zip(b.stride(), b.shape) if n > 1]
     elif isinstance(a, dict):
         assert list(a) == list(b)
         for key in a:
@@ -56,6 +58,8 @@ def test_a_pickled_batch_arrives_identical_with_types_metadata_and_empty_tensors
     _assert_same(batch, out)
     assert out["targets"][0]["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY
     assert out["targets"][0]["boxes"].shape == (0, 4) and out["targets"][0]["masks"].shape == (0, 100, 80)
+    assert out["targets"][2]["masks"].stride() == (8000, 1, 100)  # memory order kept: copied by memcpy
+    assert out["images"][0].stride() == (8000, 1, 100)
 
 
 def test_large_tensors_share_one_buffer_and_small_ones_are_copied_out():

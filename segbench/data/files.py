@@ -163,15 +163,17 @@ def _unreadable(exc: BaseException, what: str = "image") -> str:
     return f"{what} does not open ({text})"
 
 
-def read_lines(path: Path, what: str) -> list[str]:
-    """The first token of every non-empty line of a split list; a missing list is a :class:`FileProblem`."""
+def read_lines(path: Path, what: str, *, first_token: bool = True) -> list[str]:
+    """The first token (or, ``first_token=False``, the whole stripped text) of every non-empty line of a
+    split list; a missing list is a :class:`FileProblem`."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise FileProblem(path, f"missing file ({what})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FileProblem(path, f"cannot read ({exc})") from None
-    return [line.split()[0] for line in text.splitlines() if line.strip()]
+    lines = (line.strip() for line in text.splitlines())
+    return [line.split()[0] if first_token else line for line in lines if line]
 
 
 def check_image(path: Path, index: int | None, full: bool) -> tuple[list[Problem], tuple[int, int] | None]:

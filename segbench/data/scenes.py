@@ -117,7 +117,8 @@ class MIT67(SceneDataset):
         listing = next((d / MIT67_LISTS[split] for d in (folder, base) if (d / MIT67_LISTS[split]).is_file()),
                        folder / MIT67_LISTS[split])
         self.split_source = listing
-        entries = read_lines(listing, f"the MIT67 {split} list")
+        # whole lines: a few official names have spaces ("mall/shopping mall.jpg")
+        entries = read_lines(listing, f"the MIT67 {split} list", first_token=False)
         index = {c: i for i, c in enumerate(self.classes)}
         for entry in entries:
             entry = entry.replace("\\", "/")

@@ -83,14 +83,21 @@ def _fill(obj: Any, tensors: list) -> Any:
 
 
 def _pack(tensors: list) -> tuple[Any, list[tuple]]:
-    """One uint8 buffer holding every tensor (shared memory in a worker) and how to cut it up again."""
+    """One uint8 buffer holding every tensor (shared memory in a worker) and how to cut it up again.
+
+    Each tensor is copied in its own memory order (a Fortran-ordered mask from
+    pycocotools stays Fortran-ordered), so the copy is a plain memcpy and the
+    tensor arrives with the strides it left with.
+    """
     import torch
 
     layout, offset = [], 0
     for tensor in tensors:
         subclass = type(tensor) if type(tensor) is not torch.Tensor else None
         state = dict(tensor.__dict__) if subclass is not None else None
-        layout.append((offset, tensor.dtype, tuple(tensor.shape), subclass, state))
+        order = _memory_order(tensor)
+        stored = tuple(tensor.shape[d] for d in order)
+        layout.append((offset, tensor.dtype, stored, order, subclass, state))
         offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
     if torch.utils.data.get_worker_info() is not None:
         buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(offset, 1)))
@@ -98,12 +105,19 @@ def _pack(tensors: list) -> tuple[Any, list[tuple]]:
         buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
     with torch.no_grad():
         for tensor, entry in zip(tensors, layout):
-            _view(buffer, entry).copy_(tensor.as_subclass(torch.Tensor))
+            _view(buffer, entry[:3]).copy_(tensor.as_subclass(torch.Tensor).permute(entry[3]))
     return buffer, layout
 
 
+def _memory_order(tensor) -> tuple[int, ...]:
+    """The dimensions from the slowest to the fastest in memory, when that makes a dense block; else 0, 1, ..."""
+    order = tuple(sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d)))
+    return order if tensor.permute(order).is_contiguous() else tuple(range(tensor.dim()))
+
+
 def _view(buffer, entry: tuple):
-    offset, dtype, shape, _, _ = entry
+    """The C-contiguous ``[shape]`` tensor of ``dtype`` at ``offset`` in ``buffer``."""
+    offset, dtype, shape = entry
     nbytes = math.prod(shape) * dtype.itemsize
     return buffer[offset:offset + nbytes].view(dtype).view(shape)
 
@@ -112,10 +126,11 @@ def _unpack(skeleton: Any, buffer, layout: list[tuple]) -> Batch:
     """Rebuild a :class:`Batch`: its tensors are views of ``buffer``, small ones copies."""
     tensors = []
     for entry in layout:
-        tensor = _view(buffer, entry)
+        order = entry[3]
+        tensor = _view(buffer, entry[:3]).permute(sorted(range(len(order)), key=order.__getitem__))
         if tensor.numel() * tensor.element_size() < COPY_BELOW:
             tensor = tensor.clone()
-        subclass, state = entry[3], entry[4]
+        subclass, state = entry[4], entry[5]
         if subclass is not None:
             tensor = tensor.as_subclass(subclass)
             tensor.__dict__.update(state)
