@@ -6,8 +6,9 @@ MIT67 layout under ``root`` (the extracted ``indoorCVPR_09.tar`` plus the two
 official lists)::
 
     Images/<class>/<file>.jpg
-    TrainImages.txt      "<class>/<file>.jpg" per line: 80 per class, 5,360 in all
-    TestImages.txt       20 per class, 1,340 in all
+    TrainImages.txt      "<class>/<file>.jpg" per line (whole lines: a few names have spaces):
+                         77-83 per class, 5,360 in all
+    TestImages.txt       17-23 per class (100 images per class in all), 1,340 in all
 
 15-Scene layout: one folder per class (``bedroom``, ``CALsuburb``,
 ``industrial``, ``kitchen``, ``livingroom``, ``MITcoast``, ``MITforest``,
