@@ -72,6 +72,14 @@ def test_large_tensors_share_one_buffer_and_small_ones_are_copied_out():
     assert len(small) == 8 and not small & images  # a kept label vector does not keep the images alive
 
 
+def test_broadcast_views_arrive_with_their_values_and_odd_tensors_pickle_as_torch_does():
+    row = torch.arange(100, dtype=torch.float32)
+    batch = Batch(images=[row.expand(50, 100)], weights=torch.ones(3, requires_grad=True))
+    out = pickle.loads(pickle.dumps(batch))
+    assert torch.equal(out["images"][0], row.expand(50, 100)) and out["images"][0].stride() == (100, 1)
+    assert out["weights"].requires_grad and torch.equal(out["weights"].detach(), torch.ones(3))
+
+
 def test_a_shallow_copy_does_not_pack():
     batch = collate([_sample(0), _sample(1)])
     clone = copy.copy(batch)

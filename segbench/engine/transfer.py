@@ -50,10 +50,13 @@ class _Slot:
 
 
 def _strip(obj: Any, tensors: list) -> Any:
-    """``obj`` with every tensor replaced by a :class:`_Slot`, the tensors appended to ``tensors``."""
+    """``obj`` with every dense CPU tensor replaced by a :class:`_Slot`, the tensors appended to ``tensors``
+    (other tensors stay in place and pickle as torch pickles them)."""
     import torch
 
     if isinstance(obj, torch.Tensor):
+        if obj.device.type != "cpu" or obj.layout != torch.strided or obj.is_quantized or obj.requires_grad:
+            return obj
         tensors.append(obj)
         return _Slot(len(tensors) - 1)
     if isinstance(obj, dict):
