@@ -72,3 +72,24 @@ def test_seed_mixing_is_stable_and_separates_seeds_from_epochs():
     assert mix(0, 1) == mix(0, 1) and mix(0, 1) != mix(1, 0) and mix(0, 1) != mix(1, 1)
     assert 0 <= mix(2**40, 7) < 2**62
     assert mix(0, 1) == 503885729082830432  # a change here changes every run's data order: bump the version
+
+
+def test_an_op_without_a_deterministic_implementation_is_named_once_and_recorded(capsys):
+    import warnings
+
+    from segbench.engine.run import _nondeterministic_ops
+
+    torch_text = ("max_unpooling2d_forward_out does not have a deterministic implementation, but you set "
+                  "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ...")
+    with warnings.catch_warnings(record=True) as passed_on:
+        warnings.simplefilter("always")
+        with _nondeterministic_ops() as found:
+            for _ in range(3):
+                warnings.warn(torch_text, UserWarning)
+            warnings.warn("something else", UserWarning)
+    assert found == {"max_unpooling2d_forward_out"}
+    assert [str(w.message) for w in passed_on] == ["something else"]
+    err = capsys.readouterr().err
+    assert err.count("note: torch has no deterministic implementation of max_unpooling2d_forward_out (recorded in "
+                     "the run's nondeterministic_ops)") == 1
+    assert "You can file an issue" not in err

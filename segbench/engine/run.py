@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -515,7 +516,10 @@ def _resources(costs: list[dict], threads: int, processes: int) -> dict[str, Any
 
 
 class _nondeterministic_ops:
-    """Context manager collecting the ops torch warned have no deterministic implementation (``warn_only``)."""
+    """Context manager collecting the ops torch warned have no deterministic implementation (``warn_only``).
+
+    Each such op is named once on stderr, in one line; other warnings pass through.
+    """
 
     MARK = "does not have a deterministic implementation"
 
@@ -529,9 +533,14 @@ class _nondeterministic_ops:
 
         def showwarning(message, category, filename, lineno, file=None, line=None):
             text = str(message)
-            if self.MARK in text:
-                self.found.add(text.split(self.MARK)[0].strip())
-            show(message, category, filename, lineno, file, line)
+            if self.MARK not in text:
+                show(message, category, filename, lineno, file, line)
+                return
+            op = text.split(self.MARK)[0].strip()
+            if op not in self.found:  # one line per op instead of torch's paragraph at each call site
+                self.found.add(op)
+                print(f"note: torch has no deterministic implementation of {op} (recorded in the run's "
+                      "nondeterministic_ops)", file=sys.stderr)
 
         warnings.showwarning = showwarning
         return self.found
