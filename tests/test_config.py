@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from segbench.engine.config import TrainConfig, parse_overrides, parse_value, resolve_config
+from segbench.engine import config as config_module
+from segbench.engine.config import TrainConfig, identity_dict, parse_overrides, parse_value, resolve_config
 from segbench.errors import ConfigError, UnknownNameError
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, Recipe
 
@@ -90,3 +91,26 @@ def test_parse_overrides():
     assert parse_value("1e-3") == 0.001
     with pytest.raises(ConfigError, match="expects key=value"):
         parse_overrides(["lr"])
+
+
+IDENTITY_TRAIN_FIELDS = [
+    "amp", "batch_size", "channels_last", "checkpoint_every", "crop_size", "deterministic", "eval_batch_size",
+    "eval_size", "gamma", "grad_clip", "head_lr_mult", "hflip", "log_every", "lr", "milestones", "momentum",
+    "optimizer", "poly_power", "scale_max", "scale_min", "schedule", "steps", "sync_bn", "threads", "train_split",
+    "warmup_steps", "weight_decay", "workers",
+]
+
+
+def test_the_train_fields_in_config_id_are_pinned():
+    """A new TrainConfig field would change every run's config_id, and older records would stop pooling with new
+    identical runs (it happened with milestones / gamma / train_split). Give a new field its neutral value in
+    LATE_TRAIN_FIELDS instead of adding it here."""
+    identity = identity_dict({"method": "m", "train": dataclasses.asdict(TrainConfig())})
+    assert sorted(identity["train"]) == IDENTITY_TRAIN_FIELDS and identity["method"] == "m"
+
+
+def test_a_late_field_enters_config_id_only_when_set(monkeypatch):
+    monkeypatch.setitem(config_module.LATE_TRAIN_FIELDS, "ema", 0.0)
+    before = {"train": {"steps": 10}}
+    assert identity_dict({"train": {"steps": 10, "ema": 0.0}}) == before
+    assert identity_dict({"train": {"steps": 10, "ema": 0.999}}) == {"train": {"steps": 10, "ema": 0.999}}

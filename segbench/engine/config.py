@@ -84,6 +84,23 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engine fills from the dataset/method
 
 
+LATE_TRAIN_FIELDS: dict[str, Any] = {}
+"""Train fields added after records existed, each with its neutral value (the one that trains as before the field
+existed). At that value the field stays out of ``config_id`` (:func:`identity_dict`), so adding a field does not
+split records that ran before it from identical runs after it; like ``world_size``, which enters the hash only
+when it is not 1. (``milestones``, ``gamma`` and ``train_split`` came before this rule and are in every id.)"""
+
+
+def identity_dict(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (:meth:`ResolvedConfig.to_dict`) as it enters ``config_id``: late train fields at their neutral
+    value left out."""
+    out = dict(config)
+    if "train" in out:
+        out["train"] = {k: v for k, v in out["train"].items()
+                        if not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
+    return out
+
+
 @dataclass
 class ResolvedConfig:
     """Everything that decides a run's numbers, after recipe and overrides."""

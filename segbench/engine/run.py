@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from segbench.engine.config import ResolvedConfig, resolve_config
+from segbench.engine.config import ResolvedConfig, identity_dict, resolve_config
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
@@ -363,7 +363,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
-    config_id = make_config_id(config_dict, identity["fingerprint"], versions, split=split,
+    config_id = make_config_id(identity_dict(config_dict), identity["fingerprint"], versions, split=split,
                                world_size=dist.world_size)
     run_id = make_run_id(config_id, seed)
     metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
