@@ -12,7 +12,7 @@ segment. With ``workers=0`` nothing is pickled and nothing changes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 ALIGN = 64
 """Byte alignment of each tensor in the buffer (any dtype's view stays aligned)."""
@@ -30,7 +30,7 @@ class Batch(dict):
 
     def __reduce__(self):
         tensors: list = []
-        skeleton = _strip(dict(self), tensors)
+        skeleton = _map(dict(self), lambda leaf: _take(leaf, tensors))
         if not tensors:
             return Batch, (skeleton,)
         buffer, layout = _pack(tensors)
@@ -49,43 +49,43 @@ class _Slot:
         return _Slot, (self.index,)
 
 
-def _strip(obj: Any, tensors: list) -> Any:
-    """``obj`` with every dense CPU tensor replaced by a :class:`_Slot`, the tensors appended to ``tensors``
-    (other tensors stay in place and pickle as torch pickles them)."""
+class _Entry(NamedTuple):
+    """Where one tensor lies in the buffer: C-contiguous ``stored`` shape at ``offset``, in memory ``order``."""
+
+    offset: int
+    dtype: Any
+    stored: tuple[int, ...]
+    order: tuple[int, ...]
+    subclass: type | None
+    state: dict | None
+
+
+def _map(obj: Any, leaf) -> Any:
+    """``obj`` rebuilt through its dicts, lists and tuples (named ones too), each other value replaced by
+    ``leaf(value)``."""
+    if isinstance(obj, dict):
+        return type(obj)((k, _map(v, leaf)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_map(v, leaf) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_map(v, leaf) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return leaf(obj)
+
+
+def _take(obj: Any, tensors: list) -> Any:
+    """A dense CPU tensor is appended to ``tensors`` and replaced by its :class:`_Slot`; anything else (other
+    tensors too: they pickle as torch pickles them) stays."""
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        if obj.device.type != "cpu" or obj.layout != torch.strided or obj.is_quantized or obj.requires_grad:
-            return obj
-        tensors.append(obj)
-        return _Slot(len(tensors) - 1)
-    if isinstance(obj, dict):
-        return type(obj)((k, _strip(v, tensors)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_strip(v, tensors) for v in obj]
-    if isinstance(obj, tuple):
-        items = [_strip(v, tensors) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
-    return obj
-
-
-def _fill(obj: Any, tensors: list) -> Any:
-    """The inverse of :func:`_strip`."""
-    if isinstance(obj, _Slot):
-        return tensors[obj.index]
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _fill(value, tensors)
+    if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu" or obj.layout != torch.strided \
+            or obj.is_quantized or obj.requires_grad:
         return obj
-    if isinstance(obj, list):
-        return [_fill(v, tensors) for v in obj]
-    if isinstance(obj, tuple):
-        items = [_fill(v, tensors) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
-    return obj
+    tensors.append(obj)
+    return _Slot(len(tensors) - 1)
 
 
-def _pack(tensors: list) -> tuple[Any, list[tuple]]:
+def _pack(tensors: list) -> tuple[Any, list[_Entry]]:
     """One uint8 buffer holding every tensor (shared memory in a worker) and how to cut it up again.
 
     Each tensor is copied in its own memory order (a Fortran-ordered mask from
@@ -97,10 +97,9 @@ def _pack(tensors: list) -> tuple[Any, list[tuple]]:
     layout, offset = [], 0
     for tensor in tensors:
         subclass = type(tensor) if type(tensor) is not torch.Tensor else None
-        state = dict(tensor.__dict__) if subclass is not None else None
         order = _memory_order(tensor)
-        stored = tuple(tensor.shape[d] for d in order)
-        layout.append((offset, tensor.dtype, stored, order, subclass, state))
+        layout.append(_Entry(offset, tensor.dtype, tuple(tensor.shape[d] for d in order), order, subclass,
+                             dict(tensor.__dict__) if subclass is not None else None))
         offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
     if torch.utils.data.get_worker_info() is not None:
         buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(offset, 1)))
@@ -108,7 +107,7 @@ def _pack(tensors: list) -> tuple[Any, list[tuple]]:
         buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
     with torch.no_grad():
         for tensor, entry in zip(tensors, layout):
-            _view(buffer, entry[:3]).copy_(tensor.as_subclass(torch.Tensor).permute(entry[3]))
+            _view(buffer, entry).copy_(tensor.as_subclass(torch.Tensor).permute(entry.order))
     return buffer, layout
 
 
@@ -118,24 +117,21 @@ def _memory_order(tensor) -> tuple[int, ...]:
     return order if tensor.permute(order).is_contiguous() else tuple(range(tensor.dim()))
 
 
-def _view(buffer, entry: tuple):
-    """The C-contiguous ``[shape]`` tensor of ``dtype`` at ``offset`` in ``buffer``."""
-    offset, dtype, shape = entry
-    nbytes = math.prod(shape) * dtype.itemsize
-    return buffer[offset:offset + nbytes].view(dtype).view(shape)
+def _view(buffer, entry: _Entry):
+    """The C-contiguous ``entry.stored`` tensor of ``entry.dtype`` at ``entry.offset`` in ``buffer``."""
+    nbytes = math.prod(entry.stored) * entry.dtype.itemsize
+    return buffer[entry.offset:entry.offset + nbytes].view(entry.dtype).view(entry.stored)
 
 
-def _unpack(skeleton: Any, buffer, layout: list[tuple]) -> Batch:
+def _unpack(skeleton: Any, buffer, layout: list[_Entry]) -> Batch:
     """Rebuild a :class:`Batch`: its tensors are views of ``buffer``, small ones copies."""
     tensors = []
     for entry in layout:
-        order = entry[3]
-        tensor = _view(buffer, entry[:3]).permute(sorted(range(len(order)), key=order.__getitem__))
+        tensor = _view(buffer, entry).permute(sorted(range(len(entry.order)), key=entry.order.__getitem__))
         if tensor.numel() * tensor.element_size() < COPY_BELOW:
             tensor = tensor.clone()
-        subclass, state = entry[4], entry[5]
-        if subclass is not None:
-            tensor = tensor.as_subclass(subclass)
-            tensor.__dict__.update(state)
+        if entry.subclass is not None:
+            tensor = tensor.as_subclass(entry.subclass)
+            tensor.__dict__.update(entry.state)
         tensors.append(tensor)
-    return Batch(_fill(skeleton, tensors))
+    return Batch(_map(skeleton, lambda leaf: tensors[leaf.index] if isinstance(leaf, _Slot) else leaf))
