@@ -334,3 +334,48 @@ def test_a_run_on_real_voc2012_goes_end_to_end(method, expected, tmp_path):
     assert identity == {"name": "voc2012", "split": "val", "num_images": 1,
                         "fingerprint": VOC2012(SHARED / "voc2012", "val").fingerprint} | {
         k: v for k, v in identity.items() if k not in ("name", "split", "num_images", "fingerprint")}
+
+
+@needs_voc
+def test_changing_one_training_mask_gives_a_new_run_not_the_old_result(tmp_path):
+    """The training split's files are part of config_id: an edited training mask is a new run, never pooled."""
+    from segbench.engine.run import run_experiment
+    from segbench.results.leaderboard import summary_frame
+    from segbench.results.store import RunStore
+
+    root = tmp_path / "voc"
+    voc = root / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    for sub in ("JPEGImages", "Annotations", "SegmentationObject"):
+        (voc / sub).symlink_to(VOC12 / sub, target_is_directory=True)
+    for sub in ("ImageSets", "SegmentationClass"):
+        shutil.copytree(VOC12 / sub, voc / sub)
+    runs = tmp_path / "runs"
+
+    def run():
+        return run_experiment("fcn8s", "voc2012", root=str(root), overrides={**TINY, "steps": 1}, runs=runs,
+                              progress=False)
+
+    first = run()
+    assert first.record["dataset_identity"]["train"]["split"] == "train"
+    assert first.record["dataset_identity"]["train"]["num_images"] == 2
+    assert run().reused  # nothing changed: the finished record is the answer
+    eval_fingerprint = first.record["dataset_identity"]["fingerprint"]
+    mask = voc / "SegmentationClass" / "2007_000063.png"  # a training image's mask (val is 2007_000033)
+    pixels = np.array(Image.open(mask))
+    pixels[:10, :10] = 1
+    edited = Image.fromarray(pixels, mode="P")
+    edited.putpalette(Image.open(mask).getpalette())
+    edited.save(mask)
+    second = run()
+    assert not second.reused
+    assert second.record["dataset_identity"]["fingerprint"] == eval_fingerprint  # the evaluated split is unchanged
+    assert second.record["dataset_identity"]["train"]["fingerprint"] != first.record["dataset_identity"]["train"][
+        "fingerprint"]
+    assert second.record["config_id"] != first.record["config_id"]
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")  # the list changes too
+    third = run()
+    assert not third.reused and third.record["dataset_identity"]["train"]["num_images"] == 1
+    records = RunStore(runs).find(status="finished")
+    summary = summary_frame(records)
+    assert summary[summary["metric"] == "miou"]["n"].tolist() == [1, 1, 1]  # three training sets, never pooled

@@ -506,6 +506,8 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     classes = CLASSES
     background = 0
+    fingerprint_from_options = True
+    """Samples follow from split, options and generator version alone (no files): see ``train_fingerprint_for_id``."""
 
     def __init__(self, split: str = "val", transforms: Callable | None = None, **options: Any) -> None:
         if split not in ("train", "val", "test"):

@@ -178,6 +178,20 @@ def dataset_identity(dataset: Any, spec: DatasetSpec, split: str, options: Mappi
     return {"name": spec.name, "split": split, "fingerprint": fingerprint, "num_images": len(dataset)}
 
 
+def train_fingerprint_for_id(train_set: Any, identity: Mapping[str, Any]) -> str | None:
+    """The training split's fingerprint as it enters ``config_id``; None for a generated dataset.
+
+    A dataset that says ``fingerprint_from_options`` (shapes: its samples
+    follow from the split, its options and its generator version, all already
+    in the id), or that has no ``fingerprint`` of its own (the fallback hashes
+    only name, split, options and length), adds nothing the id lacks, so its
+    ids stay as they were before the training data entered them.
+    """
+    if getattr(train_set, "fingerprint_from_options", False) or not hasattr(train_set, "fingerprint"):
+        return None
+    return str(identity["fingerprint"])
+
+
 def metric_objects(specs: Mapping[str, MetricSpec], config: ResolvedConfig, dataset: DatasetSpec,
                    eval_set: Any = None) -> dict[str, Any]:
     """Build each metric with its resolved options, plus the baselines reported beside it.
@@ -359,12 +373,19 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         eval_set.select_targets(needed)
     identity = dataset_identity(eval_set, dataset_spec, split, config.data)
     identity["skipped"] = getattr(eval_set, "skipped", 0)
+    train_split = training_split(config, dataset_spec)  # built before the id: its files are part of it
+    train_set = create_dataset(dataset, train_split, root=root, **config.data)
+    validate(train_set)
+    train_identity = dataset_identity(train_set, dataset_spec, train_split, config.data)
+    identity["train"] = {k: train_identity[k] for k in ("split", "fingerprint", "num_images")}
+    identity["train"]["skipped"] = getattr(train_set, "skipped", 0)
     env = collect_environment(device=str(torch_device))
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
     config_id = make_config_id(identity_dict(config_dict), identity["fingerprint"], versions, split=split,
-                               world_size=dist.world_size)
+                               world_size=dist.world_size,
+                               train_fingerprint=train_fingerprint_for_id(train_set, train_identity))
     run_id = make_run_id(config_id, seed)
     metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
     distributed.check_distributable(metric_objs, dist.world_size)
@@ -379,9 +400,6 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
 
     set_deterministic(config.train.deterministic)
     seed_everything(seed)
-    train_split = training_split(config, dataset_spec)
-    train_set = create_dataset(dataset, train_split, root=root, **config.data)
-    validate(train_set)
     keys = training_keys(method_spec.requires_annotations)
     if hasattr(train_set, "select_targets"):
         train_set.select_targets(keys)

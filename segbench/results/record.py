@@ -83,21 +83,26 @@ def code_versions(environment: Mapping[str, Any], plugins: list[str] | None = No
 
 def make_config_id(
     config: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any], split: str | None = None,
-    world_size: int = 1,
+    world_size: int = 1, train_fingerprint: str | None = None,
 ) -> str:
-    """``config_id``: hash of the resolved config, the dataset fingerprint and the code versions.
+    """``config_id``: hash of the resolved config, the dataset fingerprints and the code versions.
 
     Pass the evaluation ``split`` unless ``fingerprint`` already identifies the
     split's data: runs on two splits must not share ids. ``world_size`` (the
     number of training processes; the effective batch size and the data
     order depend on it) enters the hash when it is not 1, so single-process
-    ids are unchanged.
+    ids are unchanged. ``train_fingerprint`` (the training split's files:
+    list, annotations, image sizes) enters it when given; a generated
+    dataset, whose samples follow from its options and generator version
+    alone, passes None (see ``engine.run.train_fingerprint_for_id``).
     """
     payload: dict[str, Any] = {"config": config, "dataset_fingerprint": fingerprint, "code": versions}
     if split is not None:
         payload["split"] = split
     if world_size != 1:
         payload["world_size"] = int(world_size)
+    if train_fingerprint is not None:
+        payload["train_fingerprint"] = str(train_fingerprint)
     return short_hash(payload)
 
 
