@@ -21,7 +21,9 @@ def cli() -> None:
 @cli.command("list")
 @click.argument("what", type=click.Choice(["methods", "datasets", "metrics", "postprocessors", "plugins", "all"]),
                 default="all")
-def list_command(what: str) -> None:
+@click.option("--recipes", is_flag=True, help="With methods: each recipe, and where a paper recipe differs "
+                                              "from its paper (deviations).")
+def list_command(what: str, recipes: bool) -> None:
     """List registered methods, datasets, metrics, post-processors or plugins (broken ones with their error)."""
     from segbench.plugins import get_registry
 
@@ -34,6 +36,8 @@ def list_command(what: str) -> None:
             for name, spec in sorted(registry.methods.items()):
                 outputs = ",".join(sorted(spec.outputs))
                 click.echo(f"  {name:<16} {spec.supervision:<8} {outputs:<24} [{spec.plugin}] {spec.description}")
+                if recipes:
+                    _echo_recipes(spec)
         elif section == "datasets":
             for name, spec in sorted(registry.datasets.items()):
                 annotations = ",".join(sorted(spec.annotations))
@@ -51,12 +55,23 @@ def list_command(what: str) -> None:
                 click.echo(f"  {info.name}{version} ({info.module}): {state}")
 
 
+def _echo_recipes(spec) -> None:
+    """A method's recipes, each with its description and its numbered deviations from the paper."""
+    for recipe in spec.recipes.values():
+        click.echo(f"      {recipe.name}: {recipe.description}")
+        for number, line in enumerate(recipe.deviations, 1):
+            click.echo(f"        deviation {number}: {line}")
+        if recipe.name == "paper" and not recipe.deviations:
+            click.echo("        deviations: none declared")
+
+
 # -- run -----------------------------------------------------------------------
 def _run_options(func):
     options = [
         click.option("--method", "-m", required=True, help="Method name (segbench list methods)."),
         click.option("--dataset", "-d", default="shapes", show_default=True, help="Dataset name."),
-        click.option("--recipe", "-r", default="quick", show_default=True, help="quick | bench | paper | ..."),
+        click.option("--recipe", "-r", default=None,
+                     help="quick | bench | paper | ... (default: paper on real datasets, quick on shapes)."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a recipe field (train, model, data or metric option)."),
         click.option("--seed", default=0, show_default=True, type=int),
@@ -67,6 +82,9 @@ def _run_options(func):
                      help="Mixed precision on CUDA (recipe field amp)."),
         click.option("--weights", default=None, type=click.Path(dir_okay=False),
                      help="Local pretrained backbone weights (.pth or .safetensors)."),
+        click.option("--init", "init", default=None, metavar="RUN_ID|FILE",
+                     help="Start from a finished run's weights (e.g. FCN-16s from FCN-32s) or a weights file; "
+                          "tensors are matched by name."),
         click.option("--metrics", default=None, help="Comma-separated metrics (default: every applicable one)."),
         click.option("--postprocess", multiple=True, metavar="NAME",
                      help="Post-processor applied to predictions (segbench list postprocessors), after the "
@@ -74,6 +92,8 @@ def _run_options(func):
         click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
                      help="Where records go (default $SEGBENCH_RUNS_DIR or ./runs)."),
         click.option("--force", is_flag=True, help="Run again even when an identical finished run exists."),
+        click.option("--dry-run", is_flag=True, help="Resolve and check everything (recipe, data, schedule, "
+                                                     "model size and FLOPs), print the plan, train nothing."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
         click.option("--nproc", default=1, show_default=True, type=int,
                      help="Data-parallel processes (starts torchrun): at most the GPUs, or the CPU cores."),
@@ -87,8 +107,8 @@ def _run_options(func):
 
 @cli.command("run")
 @_run_options
-def run_command(method, dataset, recipe, overrides, seed, split, root, device, amp, weights, metrics,
-                postprocess, runs_dir, force, quiet, nproc, deterministic) -> None:
+def run_command(method, dataset, recipe, overrides, seed, split, root, device, amp, weights, init, metrics,
+                postprocess, runs_dir, force, dry_run, quiet, nproc, deterministic) -> None:
     """Train METHOD on DATASET with a recipe, evaluate it and write a run record.
 
     Running a command again after an interruption resumes it from its last
@@ -101,9 +121,11 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
         values["amp"] = amp
     if weights is not None:
         values["model.weights"] = weights
+    if init is not None:
+        values["init"] = init
     if deterministic is not None:
         values["deterministic"] = deterministic
-    if _start_torchrun(nproc, device):
+    if not dry_run and _start_torchrun(nproc, device):
         return
     from segbench.engine.run import run_experiment
 
@@ -112,7 +134,7 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
             method, dataset, recipe=recipe, overrides=values, seed=seed, split=split, root=root, device=device,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
             postprocess=[p for item in postprocess for p in item.split(",") if p],
-            runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True),
+            runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True), dry_run=dry_run,
         )
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: say where the run stopped and how to resume it
         if str(exc) and int(os.environ.get("RANK", "0")) == 0:
@@ -120,6 +142,11 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
         raise
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
+    if outcome.plan is not None:
+        from segbench.engine.plan import format_plan
+
+        click.echo(format_plan(outcome.plan))
+        return
     record = outcome.record
     if outcome.reused:
         click.echo(f"identical run already finished: {outcome.path} (use --force to run it again)")

@@ -58,7 +58,16 @@ class Recipe:
     the dataset has such an option (ignored otherwise). ``postprocess`` names
     post-processors every run of the recipe applies, before those asked for
     with ``--postprocess`` (DeepLab v1's ``paper`` recipe: ``("densecrf",)``);
-    ``--postprocess none`` drops them.
+    ``--postprocess none`` drops them; ``postprocess_options`` gives them
+    options (``{"densecrf": {"pos_xy_std": ...}}``), which ``--set`` overrides.
+
+    ``sources`` says where each ``train`` and ``model`` value of a ``paper``
+    recipe comes from (``{"lr": "Long et al. PAMI 2017, Sec. 4.2",
+    "momentum": "voc-fcn8s-atonce/solver.prototxt:9"}``); a value that is
+    segbench's own choice says ``"deviation: ..."``. ``deviations`` lists, one
+    line each, where the recipe knowingly differs from its paper (backbone,
+    pretraining data, schedule, a missing stage); runs record them and the
+    leaderboard prints them as footnotes.
     """
 
     name: str
@@ -67,10 +76,15 @@ class Recipe:
     model: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
     postprocess: tuple[str, ...] = ()
+    postprocess_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    deviations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = (self.postprocess,) if isinstance(self.postprocess, str) else tuple(self.postprocess)
         object.__setattr__(self, "postprocess", names)
+        lines = (self.deviations,) if isinstance(self.deviations, str) else tuple(self.deviations)
+        object.__setattr__(self, "deviations", lines)
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,12 @@ class MethodSpec:
     ``images`` is a float batch ``[B, 3, H, W]`` normalised with the
     dataset's mean and std; ``targets`` a list of target dicts.
     ``options`` holds every option ``build`` accepts, with its default.
+    ``late_options`` names options added after records of the method
+    existed, each with its neutral value (the one that builds the model as
+    before the option existed): at that value the option stays out of
+    ``config_id``, so older records keep pooling with identical new runs.
+    ``renamed_options`` maps an option's new name to the name records were
+    written with (``{"beam_steps": "steps"}``): the id hashes the old name.
     """
 
     name: str
@@ -94,6 +114,8 @@ class MethodSpec:
     description: str = ""
     paper: str = ""
     plugin: str = ""
+    late_options: Mapping[str, Any] = field(default_factory=dict)
+    renamed_options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", _frozen(self.outputs))
@@ -116,6 +138,9 @@ class MethodSpec:
                 f"method '{self.name}': outputs must be a non-empty subset of "
                 f"{list(PREDICTION_KEYS)}, got {sorted(self.outputs)}"
             )
+        late = (set(self.late_options) | set(self.renamed_options)) - set(self.options)
+        if late:
+            raise ValueError(f"method '{self.name}': late or renamed options {sorted(late)} are not options")
         for recipe in self.recipes.values():
             bad = set(recipe.model) - set(self.options)
             if bad:
@@ -141,7 +166,10 @@ class DatasetSpec:
     depend on the dataset (e.g. the pointing tolerance, the AP variant); it may
     be a function of the resolved dataset options (the tolerance scales with
     ``image_size``): use :meth:`metric_defaults_for`.
-    ``needs_root`` is False for generated datasets.
+    ``needs_root`` is False for generated datasets. ``default_recipe`` is the
+    recipe a run gets without ``--recipe`` (``paper`` for real data, ``quick``
+    for ``shapes``); ``crop_size`` the training crop of a recipe that sets
+    none (0: whole images, padded into batches).
     """
 
     name: str
@@ -159,6 +187,8 @@ class DatasetSpec:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     needs_root: bool = True
+    default_recipe: str = "paper"
+    crop_size: int = 0
     description: str = ""
     citation: str = ""
     url: str = ""

@@ -123,7 +123,7 @@ def validate_grid(spec: SweepSpec, registry: Any = None) -> dict[tuple[str, str]
     ``UnknownNameError`` with the closest names, or ``ConfigError`` naming the
     cell.
     """
-    from segbench.engine.config import parse_overrides, resolve_config
+    from segbench.engine.config import identity_dict, parse_overrides, resolve_config
     from segbench.engine.run import applicable_metrics, check_pairing, postprocess_chain
     from segbench.plugins import get_registry
     from segbench.results.record import canonical_json
@@ -144,7 +144,9 @@ def validate_grid(spec: SweepSpec, registry: Any = None) -> dict[tuple[str, str]
                 config = resolve_config(method, dataset, metrics, spec.recipe, overrides, chain)
             except SegbenchError as exc:
                 raise type(exc)(f"{method_name} on {dataset_name}: {exc}") from None
-            configs[(method_name, dataset_name)] = canonical_json(config.to_dict())
+            configs[(method_name, dataset_name)] = canonical_json(
+                identity_dict(config.to_dict(), late_options=methods[method_name].late_options,
+                              renamed_options=methods[method_name].renamed_options))
     return configs
 
 
@@ -223,8 +225,13 @@ def _same_cell(record: Any, method: str, dataset: str, split: str, recipe: str, 
         name, version = versions["plugin"]
         if (record.environment.get("plugins") or {}).get(name) != version:
             return False
+    from segbench.engine.config import identity_dict
+    from segbench.plugins import get_registry
+
     try:
-        return canonical_json(record.config) == config
+        spec = get_registry().method(method)
+        mine = identity_dict(record.config, late_options=spec.late_options, renamed_options=spec.renamed_options)
+        return canonical_json(mine) == config
     except TypeError:
         return False
 

@@ -114,3 +114,27 @@ def test_a_late_field_enters_config_id_only_when_set(monkeypatch):
     before = {"train": {"steps": 10}}
     assert identity_dict({"train": {"steps": 10, "ema": 0.0}}) == before
     assert identity_dict({"train": {"steps": 10, "ema": 0.999}}) == {"train": {"steps": 10, "ema": 0.999}}
+
+
+def test_options_added_or_renamed_after_records_keep_the_old_ids():
+    """WELDON/WILDCAT's ``halve`` at its neutral value, WSLoc's ``beam_steps`` (once ``steps``), and the train
+    fields ``warp_size`` / ``init`` at theirs hash as records written before them did."""
+    from segbench.engine.config import identity_dict, resolve_config
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    shapes = registry.dataset("shapes")
+    for name in ("weldon", "wildcat"):
+        spec = registry.method(name)
+        config = resolve_config(spec, shapes, {}, "quick").to_dict()
+        assert config["model"]["halve"] is False
+        identity = identity_dict(config, late_options=spec.late_options)
+        assert "halve" not in identity["model"]
+        assert "warp_size" not in identity["train"] and "init" not in identity["train"]
+        on = identity_dict({**config, "model": {**config["model"], "halve": True}}, late_options=spec.late_options)
+        assert on["model"]["halve"] is True
+    wsloc = registry.method("wsloc")
+    config = resolve_config(wsloc, shapes, {}, "quick", {"beam_steps": 7}).to_dict()
+    identity = identity_dict(config, renamed_options=wsloc.renamed_options)
+    assert identity["model"]["steps"] == 7 and "beam_steps" not in identity["model"]
+    assert resolve_config(wsloc, shapes, {}, "quick", {"steps": 5}).train.steps == 5  # no longer ambiguous

@@ -293,7 +293,7 @@ def test_a_weldon_run_on_real_coco_goes_end_to_end(tmp_path):
     """Trained and evaluated on train2017's 7 images (evaluating val2017 at full size would take longer)."""
     from segbench.engine.run import run_experiment
 
-    outcome = run_experiment("weldon", "coco", root=str(COCO_ROOT), split="train", runs=tmp_path, progress=False,
+    outcome = run_experiment("weldon", "coco", recipe="quick", root=str(COCO_ROOT), split="train", runs=tmp_path, progress=False,
                              overrides={"steps": 2, "batch_size": 2, "crop_size": 64, "eval_size": 64})
     record = outcome.record
     assert record["status"] == "finished"

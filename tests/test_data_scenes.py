@@ -154,7 +154,7 @@ def test_mit67_download_fetches_the_archive_and_lists(tmp_path, monkeypatch):
 def test_accuracy_is_reported_on_a_scene_run(scene15, tmp_path):
     from segbench.engine.run import run_experiment
 
-    outcome = run_experiment("weldon", "scene15", root=str(scene15), runs=tmp_path / "runs", progress=False,
+    outcome = run_experiment("weldon", "scene15", recipe="quick", root=str(scene15), runs=tmp_path / "runs", progress=False,
                              overrides={"steps": 1, "batch_size": 2, "eval_size": 32, "train_per_class": 2})
     metrics = outcome.record["metrics"]
     assert {"accuracy", "mean_class_accuracy", "cls_map"} <= set(metrics)

@@ -324,7 +324,7 @@ TINY = {"steps": 2, "batch_size": 2, "crop_size": 64, "eval_size": 64}
 def test_a_run_on_real_voc2012_goes_end_to_end(method, expected, tmp_path):
     from segbench.engine.run import run_experiment
 
-    outcome = run_experiment(method, "voc2012", root=str(SHARED / "voc2012"), overrides=TINY, runs=tmp_path,
+    outcome = run_experiment(method, "voc2012", recipe="quick", root=str(SHARED / "voc2012"), overrides=TINY, runs=tmp_path,
                              progress=False)
     record = outcome.record
     assert record["status"] == "finished"
@@ -353,7 +353,7 @@ def test_changing_one_training_mask_gives_a_new_run_not_the_old_result(tmp_path)
     runs = tmp_path / "runs"
 
     def run():
-        return run_experiment("fcn8s", "voc2012", root=str(root), overrides={**TINY, "steps": 1}, runs=runs,
+        return run_experiment("fcn8s", "voc2012", recipe="quick", root=str(root), overrides={**TINY, "steps": 1}, runs=runs,
                               progress=False)
 
     first = run()

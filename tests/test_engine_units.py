@@ -148,3 +148,91 @@ def test_crop_padding_fills_void_in_the_class_mask_and_zero_in_instance_masks():
     assert int((target["mask"] == 255).sum()) == 144 - 64  # the padded border is void in the class mask
     assert int(target["masks"].sum()) == 16  # and outside every instance
     assert view[0]["image"].shape == (3, 12, 12)
+
+
+def test_a_batch_of_different_sizes_is_padded_images_with_zero_masks_with_void():
+    """mmseg's collate: bottom/right padding, 0 after normalisation for images, 255 for the class mask."""
+    from segbench.engine.data import Normalizer, pad_targets
+
+    images = [torch.full((3, 2, 3), 200, dtype=torch.uint8), torch.full((3, 4, 2), 100, dtype=torch.uint8)]
+    normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
+    batch = normalize(images)
+    assert tuple(batch.shape) == (2, 3, 4, 3)
+    expected = (200 - 127.5) / 63.75
+    assert torch.allclose(batch[0, :, :2, :3], torch.full((3, 2, 3), expected))
+    assert batch[0, :, 2:].abs().sum() == 0 and batch[1, :, :, 2:].abs().sum() == 0
+    targets = [{"mask": torch.zeros(2, 3, dtype=torch.long), "masks": torch.ones(1, 2, 3, dtype=torch.bool),
+                "boxes": torch.tensor([[0.0, 0.0, 3.0, 2.0]])},
+               {"mask": torch.ones(4, 2, dtype=torch.long)}]
+    padded = pad_targets(targets, images, batch.shape[-2:])
+    assert padded[0]["mask"].tolist() == [[0, 0, 0], [0, 0, 0], [255, 255, 255], [255, 255, 255]]
+    assert padded[0]["masks"].sum() == 6 and tuple(padded[0]["masks"].shape) == (1, 4, 3)
+    assert padded[0]["boxes"].tolist() == [[0.0, 0.0, 3.0, 2.0]]
+    assert padded[1]["mask"][:, 2].tolist() == [255] * 4 and padded[1]["mask"][:, :2].sum() == 8
+    assert [t["valid_size"] for t in padded] == [(2, 3), (4, 2)]
+    same = normalize([images[0], images[0]])
+    assert tuple(same.shape) == (2, 3, 2, 3)
+
+
+def test_a_recipe_without_a_crop_size_gets_the_datasets_and_the_default_recipe_follows_the_dataset():
+    from segbench.engine.config import default_recipe, resolve_config
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    weldon, voc, shapes = registry.method("weldon"), registry.dataset("voc2012"), registry.dataset("shapes")
+    assert default_recipe(weldon, voc)[0] == "paper" and "voc2012" in default_recipe(weldon, voc)[1]
+    assert default_recipe(weldon, shapes)[0] == "quick"
+    assert voc.crop_size == 512 and shapes.crop_size == 0
+    quick = weldon.recipes["quick"]
+    assert "crop_size" not in quick.train
+    assert resolve_config(weldon, voc, {}, "quick").train.crop_size == 512
+    assert resolve_config(weldon, shapes, {}, "quick").train.crop_size == 0
+    assert resolve_config(weldon, voc, {}, "quick", {"crop_size": 0}).train.crop_size == 0
+
+
+def test_caffe_multipliers_put_lr_and_decay_per_parameter_biases_included():
+    """Caffe's lr_mult / decay_mult: weights x1, biases x2 without decay, the new layer x10 (x20 for its bias)."""
+    from segbench.nn.multipliers import caffe_multipliers
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 4, 3)
+            self.fc7 = torch.nn.Conv2d(4, 4, 1)
+            self.fc8 = torch.nn.Conv2d(4, 2, 1)
+
+        def param_multipliers(self, head_lr_mult):
+            return caffe_multipliers(self, ["fc8"], head_lr_mult)
+
+    net = Net()
+    config = TrainConfig(lr=1e-3, weight_decay=5e-4, head_lr_mult=10.0)
+    groups = param_groups(net, config)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    expected = {"backbone.weight": (1e-3, 5e-4), "backbone.bias": (2e-3, 0.0), "fc7.weight": (1e-3, 5e-4),
+                "fc7.bias": (2e-3, 0.0), "fc8.weight": (1e-2, 5e-4), "fc8.bias": (2e-2, 0.0)}
+    for name, param in net.named_parameters():
+        assert by_param[id(param)] == pytest.approx(expected[name]), name
+    optimizer = build_optimizer(net, config)
+    got = sorted((round(g["lr"], 12), round(g["weight_decay"], 12)) for g in optimizer.param_groups)
+    assert got == [(1e-3, 5e-4), (2e-3, 0.0), (1e-2, 5e-4), (2e-2, 0.0)]
+
+
+def test_elastic_deformation_moves_image_and_mask_together_and_keeps_labels():
+    """torchvision's ElasticTransform in the training transform: mask values stay labels (nearest), off at 0."""
+    from torchvision import tv_tensors
+
+    from segbench.engine.data import train_transform
+
+    torch.manual_seed(0)
+    assert train_transform(TrainConfig(hflip=False)) is None  # alpha 0: no transform at all
+    transform = train_transform(TrainConfig(hflip=False, elastic_alpha=30.0, elastic_sigma=4.0), {"mask"})
+    mask = torch.zeros(32, 32, dtype=torch.uint8)
+    mask[8:24, 8:24] = 3
+    image = (mask * 80).expand(3, 32, 32).clone()
+    out_image, target = transform(tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)})
+    out_mask = target["mask"]
+    assert set(out_mask.unique().tolist()) <= {0, 3, 255} and not torch.equal(out_mask, mask)
+    inside = out_mask == 3
+    assert inside.any() and (out_image[0][inside] > 120).float().mean() > 0.9  # the image moved with the mask
+    with pytest.raises(ConfigError, match="elastic_alpha"):
+        TrainConfig(elastic_alpha=-1.0).validate()

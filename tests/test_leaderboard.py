@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import statistics
@@ -268,3 +269,19 @@ def test_published_loader_errors_name_file_and_row(tmp_path, line, expected):
     path.write_text("method,value\n")
     with pytest.raises(PublishedError, match="missing column"):
         read_published(path)
+
+
+def test_a_paper_recipes_deviations_are_numbered_footnotes_under_its_row():
+    shared = "backbone ResNet-101 where the paper used VGG16"
+    weldon = [dataclasses.replace(r, extra={"deviations": [shared, "500 steps, not 20 epochs"]})
+              for r in three_seeds(method="weldon", recipe="paper")]
+    cam = [dataclasses.replace(rec(method="cam", recipe="paper", metrics={"loc_map": 0.4}),
+                               extra={"deviations": [shared]})]
+    plain = [rec(method="wildcat", recipe="bench", metrics={"loc_map": 0.3})]
+    board = build_leaderboard(weldon + cam + plain, metric="loc_map")
+    labels = list(board.display_frame()["Method"])
+    assert sorted(labels) == ["CAM [1]", "WELDON [1,2]", "WILDCAT"]
+    assert board.footnotes[-2:] == [f"[1] deviation from the paper: {shared}",
+                                    "[2] deviation from the paper: 500 steps, not 20 epochs"]
+    assert "[2] deviation from the paper: 500 steps" in board.render("md")
+    assert "WILDCAT [" not in board.render("md")

@@ -64,6 +64,7 @@ SHAPES = DatasetSpec(
     eval_split="val",
     metric_defaults=shapes_metric_defaults,
     needs_root=False,
+    default_recipe="quick",
     description=(
         "Synthetic scenes generated on the fly: 1-4 discs, squares, triangles, stars, rings and "
         "crosses of random size, colour and rotation over cluttered textured backgrounds; "
@@ -199,6 +200,7 @@ VOC2012 = DatasetSpec(
     background=0,
     train_split="train",
     eval_split="val",
+    crop_size=512,  # training crop of a recipe that sets none: mmsegmentation's VOC 2012 crop
     metric_defaults=MULTI_LABEL,
     description=(
         "PASCAL VOC 2012 segmentation: class masks (255 void), image labels and boxes from the XML "
@@ -222,6 +224,7 @@ VOC2007 = DatasetSpec(
     background=0,
     train_split="trainval",
     eval_split="test",
+    crop_size=448,  # training crop of a recipe that sets none: the WSL papers' VOC 2007 input
     metric_defaults={"cls_map": {"variant": "voc07"}, "loc_map": {"variant": "voc07"}, **MULTI_LABEL},
     description=(
         "PASCAL VOC 2007 classification and localization: multi-label from the XML with the devkit's "
@@ -244,6 +247,7 @@ COCO = DatasetSpec(
     background=0,
     train_split="train",
     eval_split="val",
+    crop_size=512,  # training crop of a recipe that sets none: mmsegmentation's COCO crop
     metric_defaults=MULTI_LABEL,
     description=(
         "MS COCO instances (2014 or 2017 layout, --set year=): labels, boxes, instance masks, iscrowd, and a "
@@ -266,6 +270,7 @@ MIT67 = DatasetSpec(
     background=None,
     train_split="train",
     eval_split="test",
+    crop_size=224,  # training crop of a recipe that sets none: ImageNet-sized scene input
     metric_defaults=SINGLE_LABEL,
     description="MIT Indoor 67 scenes: single-label, the official TrainImages.txt / TestImages.txt split (80/20)",
     citation="A. Quattoni, A. Torralba. Recognizing Indoor Scenes. CVPR 2009.",
@@ -282,6 +287,7 @@ SCENE15 = DatasetSpec(
     background=None,
     train_split="train",
     eval_split="test",
+    crop_size=224,  # training crop of a recipe that sets none: ImageNet-sized scene input
     metric_defaults=SINGLE_LABEL,
     description="15-Scene: single-label, train_per_class (100) images per class drawn by a seeded hash rule",
     citation=(

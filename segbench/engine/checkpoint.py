@@ -32,8 +32,9 @@ def save_weights(model, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_weights(model, path: str | os.PathLike, strict: bool = True):
-    """Load safetensors (or a ``torch.save`` file, read with ``weights_only=True``) into ``model``."""
+def read_weights(path: str | os.PathLike) -> dict:
+    """A state dict from safetensors or a ``torch.save`` file (read with ``weights_only=True``); a one-line
+    DataError naming the file when it is missing or unreadable."""
     import torch
 
     path = Path(path)
@@ -48,7 +49,15 @@ def load_weights(model, path: str | os.PathLike, strict: bool = True):
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
+    return state
+
+
+def load_weights(model, path: str | os.PathLike, strict: bool = True):
+    """Load safetensors (or a ``torch.save`` file, read with ``weights_only=True``) into ``model``."""
+    path = Path(path)
+    state = read_weights(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise DataError(

@@ -53,6 +53,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between resume checkpoints (also at epoch ends and the last step); 0 = off
     sync_bn: bool = False  # SyncBatchNorm across processes (data parallel on CUDA)
     train_split: str = ""  # the split trained on; "" = the dataset's own (e.g. voc2012: train; trainaug with SBD)
+    warp_size: int = 0  # resize every training image to this square first, aspect not kept (WILDCAT); 0 = off
+    init: str = ""  # start from these weights: a finished run's id or a weights file (--init); "" = as built
+    elastic_alpha: float = 0.0  # elastic deformation (torchvision ElasticTransform) magnitude in pixels; 0 = off
+    elastic_sigma: float = 5.0  # its smoothness: the Gaussian sigma of the displacement field, pixels
 
     def validate(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "step", "constant"),
@@ -78,26 +82,43 @@ class TrainConfig:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         if not isinstance(self.train_split, str):
             raise ConfigError(f"train_split must be a split name, got {self.train_split!r}")
+        if not isinstance(self.init, str):
+            raise ConfigError(f"init must be a run id or a weights file, got {self.init!r}")
+        if not self.elastic_alpha >= 0 or not self.elastic_sigma > 0:
+            raise ConfigError(f"elastic_alpha must be >= 0 and elastic_sigma > 0, got {self.elastic_alpha!r} and "
+                              f"{self.elastic_sigma!r}")
+        if isinstance(self.warp_size, bool) or not isinstance(self.warp_size, int) or self.warp_size < 0:
+            raise ConfigError(f"warp_size must be 0 (off) or a size in pixels, got {self.warp_size!r}")
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engine fills from the dataset/method
 
 
-LATE_TRAIN_FIELDS: dict[str, Any] = {}
+LATE_TRAIN_FIELDS: dict[str, Any] = {"warp_size": 0, "init": "", "elastic_alpha": 0.0, "elastic_sigma": 5.0}
 """Train fields added after records existed, each with its neutral value (the one that trains as before the field
 existed). At that value the field stays out of ``config_id`` (:func:`identity_dict`), so adding a field does not
 split records that ran before it from identical runs after it; like ``world_size``, which enters the hash only
 when it is not 1. (``milestones``, ``gamma`` and ``train_split`` came before this rule and are in every id.)"""
 
 
-def identity_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` (:meth:`ResolvedConfig.to_dict`) as it enters ``config_id``: late train fields at their neutral
-    value left out."""
+def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
+                  late_options: Mapping[str, Any] | None = None,
+                  renamed_options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``config`` (:meth:`ResolvedConfig.to_dict`) as it enters ``config_id``: late train fields and the method's
+    ``late_options`` (:attr:`MethodSpec.late_options`) at their neutral value left out, ``renamed_options`` under
+    their old names; ``init`` replaced by what its weights are (``init_identity``: the source run's id or the
+    file's sha256), so a run id and the path of its weights give one id, and a changed file a new one."""
     out = dict(config)
     if "train" in out:
         out["train"] = {k: v for k, v in out["train"].items()
                         if not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
+        if init_identity is not None and "init" in out["train"]:
+            out["train"]["init"] = init_identity
+    if late_options and "model" in out:
+        out["model"] = {k: v for k, v in out["model"].items() if not (k in late_options and v == late_options[k])}
+    if renamed_options and "model" in out:
+        out["model"] = {renamed_options.get(k, k): v for k, v in out["model"].items()}
     return out
 
 
@@ -153,6 +174,16 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def default_recipe(method: MethodSpec, dataset: DatasetSpec) -> tuple[str, str]:
+    """The recipe a run gets without ``--recipe``, and why: the dataset's ``default_recipe`` (``paper`` for data
+    read from files, ``quick`` for ``shapes``), else ``quick`` when the method lacks it."""
+    wanted = dataset.default_recipe
+    if wanted in method.recipes:
+        kind = "generated" if not dataset.needs_root else "read from files"
+        return wanted, f"the default for {kind} dataset '{dataset.name}'; --recipe NAME to choose"
+    return "quick", f"method '{method.name}' has no '{wanted}' recipe, the default of '{dataset.name}'"
+
+
 def resolve_config(
     method: MethodSpec,
     dataset: DatasetSpec,
@@ -163,6 +194,8 @@ def resolve_config(
 ) -> ResolvedConfig:
     """Defaults, then the recipe, then the dataset's metric defaults, then ``overrides``.
 
+    A recipe that sets no ``crop_size`` gets the dataset's (``DatasetSpec.crop_size``).
+
     ``postprocessors`` (in the order they apply) get their default options,
     which ``--set postprocess.NAME.key=value`` or a flat key overrides.
     """
@@ -170,6 +203,8 @@ def resolve_config(
         raise UnknownNameError(unknown_name_message(f"recipe of method '{method.name}'", recipe, method.recipes))
     chosen = method.recipes[recipe]
     train = {**dataclasses.asdict(TrainConfig()), **chosen.train}
+    if "crop_size" not in chosen.train:  # a recipe that sets no crop size trains at the dataset's own
+        train["crop_size"] = dataset.crop_size
     bad_train = set(chosen.train) - set(TRAIN_KEYS)
     if bad_train:
         raise ConfigError(f"recipe '{method.name}:{recipe}' sets unknown train keys {sorted(bad_train)}")
@@ -178,10 +213,19 @@ def resolve_config(
     metric_options = {name: dict(spec.options) for name, spec in metrics.items()}
     post_options = {name: {k: v for k, v in spec.options.items() if k not in ENGINE_FILLED}
                     for name, spec in (postprocessors or {}).items()}
+    for name, values in chosen.postprocess_options.items():
+        if name in post_options:  # the recipe's own options for its post-processors (dropped with them)
+            bad = set(values) - set(post_options[name])
+            if bad:
+                raise ConfigError(f"recipe '{method.name}:{recipe}' sets unknown {name} options {sorted(bad)}")
+            post_options[name].update(values)
     sections: dict[str, dict[str, Any]] = {"train": train, "model": model, "data": data}
     explicit: set[tuple[str, str]] = set()
     for key, value in (overrides or {}).items():
         explicit |= _apply(key, value, sections, metric_options, post_options)
+    user_split = any(k in ("train_split", "train.train_split") for k in (overrides or {}))
+    if not user_split and train["train_split"] and train["train_split"] not in dataset.splits:
+        train["train_split"] = ""  # the recipe's split (trainaug) where the dataset has it, else the dataset's own
     for name, defaults in dataset.metric_defaults_for(data).items():  # from the final dataset options
         for key, value in defaults.items():
             if name in metric_options and (name, key) not in explicit:

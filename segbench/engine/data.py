@@ -42,7 +42,8 @@ def training_keys(keys) -> set[str]:
 
 
 def train_transform(train_config, keys: frozenset[str] | set[str] = frozenset()) -> Any:
-    """Random horizontal flip, then optional random scale and crop (image, mask and boxes move together).
+    """Optional warp to a square, random horizontal flip, optional elastic deformation, then optional random scale
+    and crop (image, mask and boxes move together).
 
     ``keys`` are the target keys the samples keep; boxes cut away by a crop
     are dropped only when samples carry boxes.
@@ -50,8 +51,13 @@ def train_transform(train_config, keys: frozenset[str] | set[str] = frozenset())
     from torchvision.transforms import v2
 
     steps = []
+    if getattr(train_config, "warp_size", 0):  # the whole image to a square, aspect not kept (WILDCAT's 448x448)
+        steps.append(v2.Resize((train_config.warp_size,) * 2, antialias=True))
     if train_config.hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if getattr(train_config, "elastic_alpha", 0.0):  # U-Net's elastic deformation (masks move nearest-neighbour)
+        steps.append(v2.ElasticTransform(alpha=float(train_config.elastic_alpha),
+                                         sigma=float(train_config.elastic_sigma), fill={"others": 0, _mask_type(): 255}))
     if train_config.scale_min != 1.0 or train_config.scale_max != 1.0:
         steps.append(v2.ScaleJitter(target_size=(train_config.crop_size or 512,) * 2,
                                     scale_range=(train_config.scale_min, train_config.scale_max)))
@@ -232,7 +238,13 @@ class ShardedEvalSampler:
 
 
 class Normalizer:
-    """uint8 ``[3,H,W]`` images -> a normalised float batch ``[B,3,H,W]`` on ``device``."""
+    """uint8 ``[3,H,W]`` images -> a normalised float batch ``[B,3,H,W]`` on ``device``.
+
+    Images of different sizes are padded bottom and right to the largest
+    height and width with 0 after normalisation (the mean colour), as
+    mmsegmentation's data preprocessor does; :func:`pad_targets` pads their
+    targets to match.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device, channels_last: bool = False) -> None:
         import torch
@@ -247,12 +259,15 @@ class Normalizer:
 
         sizes = {tuple(img.shape[-2:]) for img in images}
         if len(sizes) > 1:
-            raise ConfigError(
-                f"images in a training batch differ in size ({sorted(sizes)[:3]}...); "
-                f"set a crop size with --set crop_size=N"
-            )
-        batch = torch.stack([img.as_subclass(torch.Tensor) for img in images]).to(self.device, non_blocking=True)
-        batch = (batch.float() - self.mean) / self.std
+            height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+            batch = torch.zeros((len(images), 3, height, width), device=self.device)
+            for i, img in enumerate(images):
+                h, w = img.shape[-2:]
+                one = img.as_subclass(torch.Tensor).to(self.device, non_blocking=True).float()
+                batch[i, :, :h, :w] = (one - self.mean[0]) / self.std[0]
+        else:
+            batch = torch.stack([img.as_subclass(torch.Tensor) for img in images]).to(self.device, non_blocking=True)
+            batch = (batch.float() - self.mean) / self.std
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
@@ -277,6 +292,32 @@ def targets_to(targets: list[dict], device) -> list[dict]:
             item[k] = v
         moved.append(item)
     return moved
+
+
+def pad_targets(targets: list[dict], images: Sequence[Any], size: Sequence[int]) -> list[dict]:
+    """Targets of a batch padded as :class:`Normalizer` pads its ``images`` to ``size`` (H, W).
+
+    Each target gets ``valid_size``, the (H, W) of its own image (a detector
+    crops the padding away again); a class ``mask`` is padded with void (255,
+    outside the loss), instance ``masks`` with 0; boxes keep their
+    coordinates (the padding is bottom and right). Nothing changes when no
+    image was padded.
+    """
+    import torch.nn.functional as F
+
+    height, width = int(size[0]), int(size[1])
+    padded = []
+    for target, image in zip(targets, images):
+        h, w = (int(x) for x in image.shape[-2:])
+        target = {**target, "valid_size": (h, w)}
+        if (h, w) != (height, width):
+            pad = (0, width - w, 0, height - h)
+            if target.get("mask") is not None:
+                target["mask"] = F.pad(target["mask"], pad, value=255)
+            if target.get("masks") is not None:
+                target["masks"] = F.pad(target["masks"], pad, value=0)
+        padded.append(target)
+    return padded
 
 
 def group_by_size(images: Sequence[Any]) -> list[list[int]]:

@@ -6,9 +6,19 @@ import math
 
 
 def param_groups(model, config) -> list[dict]:
-    """The model's own ``param_groups(lr)`` when it has one; else backbone at ``lr`` and the rest at ``lr * head_lr_mult``."""
+    """The model's own ``param_groups(lr)`` when it has one; else its ``param_multipliers(head_lr_mult)`` (Caffe's
+    ``lr_mult`` / ``decay_mult`` per parameter, see :mod:`segbench.nn.multipliers`) when it returns a table; else
+    backbone at ``lr`` and the rest at ``lr * head_lr_mult``."""
     if hasattr(model, "param_groups"):
         return model.param_groups(config.lr)
+    table = model.param_multipliers(config.head_lr_mult) if hasattr(model, "param_multipliers") else None
+    if table is not None:
+        grouped: dict[tuple[float, float], list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                grouped.setdefault(tuple(table.get(name, (1.0, 1.0))), []).append(param)
+        return [{"params": params, "lr": config.lr * lr_mult, "weight_decay": config.weight_decay * decay_mult,
+                 "lr_mult": lr_mult, "decay_mult": decay_mult} for (lr_mult, decay_mult), params in grouped.items()]
     backbone, head = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

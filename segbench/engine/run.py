@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from segbench.engine.config import ResolvedConfig, identity_dict, resolve_config
+from segbench.engine.config import ResolvedConfig, default_recipe, identity_dict, resolve_config
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
@@ -45,6 +45,7 @@ class RunOutcome:
     record: dict
     path: Path
     reused: bool = False
+    plan: dict | None = None  # --dry-run: the resolved plan (segbench.engine.plan); nothing was trained or written
 
 
 def runs_dir(path: str | os.PathLike | None = None) -> Path:
@@ -237,7 +238,7 @@ def run_experiment(
     method: str,
     dataset: str,
     *,
-    recipe: str = "quick",
+    recipe: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     seed: int = 0,
     split: str | None = None,
@@ -249,8 +250,16 @@ def run_experiment(
     force: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = lambda message: None,
+    dry_run: bool = False,
 ) -> RunOutcome:
     """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record.
+
+    Without ``recipe`` the dataset's default applies (:func:`default_recipe`:
+    ``paper`` on real data, ``quick`` on shapes); the run header says which.
+    ``dry_run`` resolves and checks everything (datasets indexed, model
+    built, weights of ``init`` matched) and returns the plan
+    (:mod:`segbench.engine.plan`) in ``RunOutcome.plan`` without training or
+    writing anything.
 
     ``postprocess`` names post-processors applied to every prediction after
     the automatic ones (see :func:`postprocess_chain`).
@@ -269,6 +278,7 @@ def run_experiment(
     if split not in dataset_spec.splits:
         raise ConfigError(f"dataset '{dataset}' has no split '{split}'; splits: {', '.join(dataset_spec.splits)}")
     check_pairing(method_spec, dataset_spec)
+    recipe, why = (recipe, "") if recipe else default_recipe(method_spec, dataset_spec)
     postprocess = requested_postprocessors(method_spec, recipe, postprocess, registry)
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
@@ -287,7 +297,7 @@ def run_experiment(
         echo(same_split)
     try:
         return _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device,
-                    started, recipe=recipe, seed=seed, split=split, root=root, force=force, progress=progress,
+                    started, recipe=recipe, why=why, dry_run=dry_run, seed=seed, split=split, root=root, force=force, progress=progress,
                     echo=echo if dist.is_main else (lambda message: None))
     finally:
         distributed.teardown(dist)
@@ -344,7 +354,7 @@ def _threads(requested: int, dist, device) -> int:
 
 
 def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device, started, *,
-         recipe, seed, split, root, force, progress, echo) -> RunOutcome:
+         recipe, why, dry_run, seed, split, root, force, progress, echo) -> RunOutcome:
     import torch
 
     from segbench.api import create_dataset
@@ -383,7 +393,12 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
-    config_id = make_config_id(identity_dict(config_dict), identity["fingerprint"], versions, split=split,
+    from segbench.engine.init import apply_init, resolve_init
+
+    init = resolve_init(config.train.init, store) if config.train.init else None
+    config_id = make_config_id(identity_dict(config_dict, init.identity if init else None, method_spec.late_options,
+                                             method_spec.renamed_options), identity["fingerprint"],
+                               versions, split=split,
                                world_size=dist.world_size,
                                train_fingerprint=train_fingerprint_for_id(train_set, train_identity))
     run_id = make_run_id(config_id, seed)
@@ -395,7 +410,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         finished = store.find(config_id=config_id, seed=seed, status="finished")
         reused = finished[-1].to_dict() if finished else None
     reused = distributed.broadcast(reused, dist)
-    if reused:
+    if reused and not dry_run:
         return RunOutcome(reused, store.path_for(reused["run_id"]), reused=True)
 
     set_deterministic(config.train.deterministic)
@@ -404,9 +419,19 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     if hasattr(train_set, "select_targets"):
         train_set.select_targets(keys)
     model = method_spec.build(dataset_spec.num_classes, **config.model).to(torch_device)
+    if init is not None:  # a shape mismatch stops here, before any record
+        apply_init(model, init)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     post = postprocess_objects(chain, config, method_spec, dataset_spec)  # bad options fail before any record
+    if dry_run:  # everything resolved and checked; nothing trained, nothing written
+        from segbench.engine.plan import make_plan
+
+        plan = make_plan(method_spec=method_spec, dataset_spec=dataset_spec, config=config, recipe=recipe, why=why,
+                         train_set=train_set, eval_set=eval_set, split=split, train_split=train_split, model=model,
+                         world_size=dist.world_size, metrics=metric_objs, postprocess=chain, config_id=config_id,
+                         run_id=run_id, finished=str(store.path_for(reused["run_id"])) if reused else None)
+        return RunOutcome(plan, store.path_for(run_id), plan=plan)
 
     template = RunRecord(
         run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
@@ -415,7 +440,11 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0),
-               "train_split": train_split},
+               "train_split": train_split,
+               "deviations": list(method_spec.recipes[recipe].deviations),
+               **({"init": {"source": init.given, "weights": str(init.path), "identity": init.identity,
+                            "loaded": len(init.loaded), "kept": init.kept, "unused": len(init.unused)}}
+                  if init is not None else {})},
     )
     claim, decision = _Claim(), None
     if dist.is_main:
@@ -465,8 +494,11 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                                  workers=config.train.workers, drop_last=sampler.per_rank > config.train.batch_size,
                                  sampler=sampler)
             procs = f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""
-            echo(f"run {record.run_id}: {method} ({recipe}) on {dataset}/{split}, {config.train.steps} steps, "
+            chosen = f"recipe '{recipe}', {why}" if why else recipe
+            echo(f"run {record.run_id}: {method} ({chosen}) on {dataset}/{split}, {config.train.steps} steps, "
                  f"device {torch_device}{procs}")
+            if init is not None and not decision["checkpoint"]:
+                echo(init.summary())
             trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std,
                             progress, resume=resume, save=save, stop=stop, dist=dist)
             if dist.is_main:

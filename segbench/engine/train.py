@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from segbench.engine.data import Normalizer, targets_to
+from segbench.engine.data import Normalizer, pad_targets, targets_to
 from segbench.engine.device import autocast
 from segbench.engine.distributed import SINGLE, DistInfo, any_true, training_module
 from segbench.engine.optim import build_optimizer, build_scheduler
@@ -110,8 +110,8 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
         while state.step < config.steps:
             sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size)
             for batch in loader:
-                images = normalize(batch["images"])
-                targets = targets_to(batch["targets"], device)
+                images = normalize(batch["images"])  # images of different sizes padded, as their targets
+                targets = pad_targets(targets_to(batch["targets"], device), batch["images"], images.shape[-2:])
                 with autocast(device, config.amp):
                     losses = forward(images, targets)
                 loss = sum(losses.values())

@@ -244,6 +244,8 @@ def build_leaderboard(
     decimals = (1 if percent else 3) if decimals is None else int(decimals)
     scale = 100.0 if percent else 1.0
     datasets = _split_list(dataset)
+    records = [_as_record(r) for r in records]
+    deviations_of = {r.config_id: tuple(r.extra.get("deviations") or ()) for r in records if r.status == "finished"}
     summary = summary_frame(records)
     if datasets:
         summary = summary[summary["dataset"].isin(datasets)]
@@ -274,6 +276,7 @@ def build_leaderboard(
     rows: list[dict[str, str]] = []
     cells: dict[tuple[int, str], dict[str, Any]] = {}
     order: list[tuple] = []
+    row_deviations: dict[int, list[str]] = {}  # row -> its recipe's deviations from the paper
 
     # columns
     if by == "datasets":
@@ -328,6 +331,10 @@ def build_leaderboard(
                 head = {"Method": label, "Dataset": ds_label}
             head["Source"] = "reproduced"
             i = add_row(key, head)
+            for line in deviations_of.get(rec.config_id, ()):
+                row_deviations.setdefault(i, [])
+                if line not in row_deviations[i]:
+                    row_deviations[i].append(line)
             cells[(i, column)] = {
                 "mean": rec.mean * scale, "std": (rec.std * scale) if rec.n > 1 else float("nan"), "n": int(rec.n),
                 "published": False, "verified": None, "decimals": decimals,
@@ -363,6 +370,7 @@ def build_leaderboard(
     rows = [rows[i] for i in permutation]
     new_index = {old: new for new, old in enumerate(permutation)}
     cells = {(new_index[i], c): v for (i, c), v in cells.items()}
+    deviation_notes = _number_deviations(rows, {new_index[i]: v for i, v in row_deviations.items()})
 
     unit = "(%)" if percent else "(fractions)"
     seeds = f"mean {PM} std (n) over seeds where n > 1"
@@ -379,8 +387,23 @@ def build_leaderboard(
                          "published.csv).")
         if any(c["published"] and not c["verified"] for c in cells.values()):
             footnotes.append(f"{UNVERIFIED} not yet verified against its source.")
+    footnotes.extend(deviation_notes)
     return Leaderboard(heads=heads, columns=columns, rows=rows, cells=cells, caption=caption, footnotes=footnotes,
                        show_source=bool(published), percent=percent)
+
+
+def _number_deviations(rows: list[dict[str, str]], deviations: Mapping[int, list[str]]) -> list[str]:
+    """Mark each row whose recipe declares deviations from its paper with footnote numbers ``[1,2]``, in row
+    order (a line shared by rows keeps one number); returns the footnotes."""
+    numbers: dict[str, int] = {}
+    for i in sorted(deviations):
+        marks = []
+        for line in deviations[i]:
+            numbers.setdefault(line, len(numbers) + 1)
+            marks.append(str(numbers[line]))
+        if marks:
+            rows[i]["Method"] = f"{rows[i]['Method']} [{','.join(marks)}]"
+    return [f"[{n}] deviation from the paper: {line}" for line, n in numbers.items()]
 
 
 # -- entry points -----------------------------------------------------------------------------------------

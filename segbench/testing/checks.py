@@ -54,10 +54,35 @@ class CheckContext:
 
 
 def check_spec(ctx: CheckContext) -> None:
-    """The spec has the three standard recipes and validates."""
+    """The spec has the three standard recipes and validates; its ``paper`` recipe cites each value."""
     ctx.spec.validate()
     missing = {"quick", "bench", "paper"} - set(ctx.spec.recipes)
     assert not missing, f"missing recipes {sorted(missing)}"
+    problems = paper_recipe_problems(ctx.spec)
+    assert not problems, "; ".join(problems)
+
+
+def paper_recipe_problems(spec: Any) -> list[str]:
+    """What the ``paper`` recipe of ``spec`` fails to declare: a source for every ``train`` and ``model`` value
+    (the paper's section or table, or the reference file and line), and for each value that is segbench's own
+    choice (a source ``"deviation: ..."``) a deviation line naming the key in backticks (`` `lr` ``); deviation
+    lines are single lines under 160 characters."""
+    recipe = spec.recipes.get("paper")
+    if recipe is None:
+        return []
+    problems = []
+    keys = set(recipe.train) | set(recipe.model)
+    unsourced = sorted(k for k in keys if not str(recipe.sources.get(k, "")).strip())
+    if unsourced:
+        problems.append(f"paper recipe values without a source: {unsourced}")
+    for key in sorted(keys - set(unsourced)):
+        if str(recipe.sources[key]).lower().startswith("deviation") and \
+                not any(f"`{key}`" in line for line in recipe.deviations):
+            problems.append(f"'{key}' is segbench's choice (source: deviation) but no deviation line names `{key}`")
+    bad = [line for line in recipe.deviations if not line.strip() or "\n" in line or len(line) >= 160]
+    if bad:
+        problems.append(f"deviation lines must be one line under 160 characters: {bad[:1]}")
+    return problems
 
 
 def check_outputs(ctx: CheckContext) -> None:

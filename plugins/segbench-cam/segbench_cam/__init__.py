@@ -34,6 +34,9 @@ SHAPES_MODEL = {
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
                 "warmup_steps": 50, "threads": 2}
 
+_CAM = "metalbubble/CAM"  # the authors' release (Caffe models)
+_SEGBENCH = "deviation: segbench's choice; the authors released no VGG16-GAP training setup"
+
 RECIPES = [
     Recipe(
         "quick",
@@ -52,13 +55,41 @@ RECIPES = [
     ),
     Recipe(
         "paper",
-        "GPU: VGG16-GAP as in the paper: ImageNet VGG16 cut after conv5_3 (14x14 at 224 px), an extra 3x3 conv "
-        "with 1024 channels, GAP, linear layer; 224 px, SGD lr 1e-3 (x10 for the new layers), batch 40, 2500 steps",
+        "GPU: VGG16-GAP as the authors' model: ImageNet VGG16 cut after conv5_3 (14x14 at 224 px), an extra 3x3 "
+        "conv with 1024 channels, GAP, dropout 0.5, linear layer; 224 px, SGD lr 1e-3 (x10 for the new layers), "
+        "batch 40, 2500 steps (segbench's schedule: no VGG16-GAP solver was released)",
         train={"steps": 2500, "batch_size": 40, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 224,
                "scale_min": 0.9, "scale_max": 1.1, "eval_size": 224},
-        model={"backbone": "vgg16", "out_index": 4, "pretrained": True, "backbone_args": None, "extra_conv": 1024},
+        model={"backbone": "vgg16", "out_index": 4, "pretrained": True, "backbone_args": None, "extra_conv": 1024,
+               "dropout": 0.5},
         data={"image_size": 224},
+        sources={
+            **{k: _SEGBENCH for k in ("steps", "batch_size", "head_lr_mult", "weight_decay", "schedule",
+                                      "warmup_steps", "scale_min", "scale_max")},
+            "optimizer": f"{_CAM} models/solver_imagenet_googlenetCAM.prototxt:4-11 (Caffe SGD, the GoogLeNet-GAP "
+                         "solver)",
+            "lr": f"{_CAM} models/solver_imagenet_googlenetCAM.prototxt:4 (base_lr 0.001, the GoogLeNet-GAP solver)",
+            "momentum": f"{_CAM} models/solver_imagenet_googlenetCAM.prototxt:10",
+            "crop_size": f"{_CAM} models/train_val_googlenetCAM.prototxt:12 (224 px crops)",
+            "eval_size": f"{_CAM} models/deploy_vgg16CAM.prototxt:5-6 (224 x 224 input)",
+            "backbone": f"{_CAM} models/deploy_vgg16CAM.prototxt:1 (VGG_ILSVRC_16_layers)",
+            "out_index": f"{_CAM} models/deploy_vgg16CAM.prototxt:306-321 (conv5_3, no pool5: 14 x 14, :359-362)",
+            "pretrained": "deviation: ImageNet weights, then fine-tuned on the benchmark; the paper trains "
+                          "VGG16-GAP on ImageNet itself",
+            "backbone_args": "segbench: timm's defaults, no extra arguments",
+            "extra_conv": f"{_CAM} models/deploy_vgg16CAM.prototxt:327-332 (CAM_conv: 3x3, 1024)",
+            "dropout": f"{_CAM} models/deploy_vgg16CAM.prototxt:366-373 (CAM_dropout 0.5 after the GAP)",
+        },
+        deviations=(
+            "`pretrained`: ImageNet VGG16 fine-tuned with multi-label BCE on the benchmark; the paper trains "
+            "VGG16-GAP on ImageNet (softmax).",
+            "No box localization (thresholded CAM -> bounding box); the CAMs are scored by segbench's metrics.",
+            "`steps`, `batch_size`, `head_lr_mult`, `weight_decay`, `schedule`, `warmup_steps`: segbench's (no "
+            "VGG16-GAP solver was released).",
+            "`scale_min`, `scale_max`: segbench's random 0.9-1.1 scale before the 224 px crop.",
+            "CAMs include the classifier's bias (a constant per class), so that their mean is the score.",
+        ),
     ),
 ]
 

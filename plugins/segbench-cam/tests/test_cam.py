@@ -40,6 +40,7 @@ def test_spec_is_registered_from_the_entry_point():
     assert "Zhou" in spec.paper and "CVPR 2016" in spec.paper
     paper = spec.recipes["paper"].model
     assert paper["pretrained"] is True and paper["extra_conv"] == 1024
+    assert paper["dropout"] == 0.5  # CAM_dropout of the authors' deploy_vgg16CAM.prototxt
     assert get_registry().plugins["cam"].ok
 
 

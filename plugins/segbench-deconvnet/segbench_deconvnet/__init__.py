@@ -37,9 +37,49 @@ _CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule"
 # The reference solvers: SGD, lr 0.01, momentum 0.9, weight decay 5e-4, 8 x iter_size 8 = 64 crops of 224 px
 # (250 px resized, random crop, mirror); stage 1 20000 iterations (step 9000), stage 2 40000 (step 10000).
 _PAPER_TRAIN = {"steps": 60_000, "batch_size": 64, "optimizer": "sgd", "lr": 1e-2, "momentum": 0.9,
-                "weight_decay": 5e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 224, "hflip": True}
+                "weight_decay": 5e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 224, "hflip": True,
+                "train_split": "trainaug"}
 _PAPER_MODEL = {"backbone": "vgg16_bn", "pretrained": True, "width": 1.0, "depth": 5, "fc_channels": 4096,
                 "fc_kernel": 7, "final_relu": True}
+
+_REF = "HyeonwooNoh/DeconvNet"
+_S1 = f"{_REF} training/001_stage_1"
+_S2 = f"{_REF} training/002_stage_2"
+_PAPER_SOURCES = {
+    "steps": f"deviation: the two stages' total: {_S1}/solver.prototxt:8 (20,000) + {_S2}/solver.prototxt:8 (40,000)",
+    "batch_size": f"{_S1}/stage_1_train.prototxt:12 (batch 8) x {_S1}/solver.prototxt:6 (iter_size 8)",
+    "optimizer": f"{_S1}/solver.prototxt (Caffe SGD)",
+    "lr": f"{_S1}/solver.prototxt:2 and {_S2}/solver.prototxt:2 (base_lr 0.01)",
+    "momentum": f"{_S1}/solver.prototxt:9",
+    "weight_decay": f"{_S1}/solver.prototxt:10",
+    "schedule": f"deviation: poly over both stages; each reference stage steps x0.1 ({_S1}/solver.prototxt:3-5: "
+                f"at 9,000; {_S2}/solver.prototxt:3-5: at 10,000)",
+    "warmup_steps": f"{_S1}/solver.prototxt:2-5 (no warm-up)",
+    "crop_size": f"{_S1}/stage_1_train.prototxt:21 (crop 224; the reference resizes to 250 x 250 first, :14-15)",
+    "hflip": f"{_S1}/stage_1_train.prototxt:22 (mirror: true)",
+    "train_split": f"{_REF} data/get_data.sh:10 (stage 2 trains on VOC2012_SEG_AUG, the SBD-augmented VOC 2012)",
+    "backbone": f"{_S1}/stage_1_train.prototxt:52-191 (VGG16 convolutions, each followed by batch norm)",
+    "pretrained": f"{_S1}/start_train.sh:4 (ImageNet VGG16 with fc6/fc7 as convolutions, model/VGG_conv/README.md:1)",
+    "width": f"{_S1}/stage_1_train.prototxt:52-191 (VGG16's 64-512 channels)",
+    "depth": f"{_S1}/stage_1_train.prototxt:70-191 (five 2x2 max-poolings with switches)",
+    "fc_channels": f"{_S1}/stage_1_train.prototxt:196-208 (fc6, fc7: 4096)",
+    "fc_kernel": f"{_S1}/stage_1_train.prototxt:198, 215-217 (fc6 7 x 7, fc6-deconv 7 x 7)",
+    "final_relu": f"{_S1}/stage_1_train.prototxt:386-392 (debn1_2, derelu1_2, then seg-score)",
+}
+_PAPER_DEVIATIONS = (
+    "One stage on whole images: the paper's two-stage training (object-centred crops 20k it., then harder "
+    "proposals 40k) is missing.",
+    "No proposal aggregation at test: the paper segments ~50 object proposals per image and takes the "
+    "pixel-wise maximum.",
+    "`steps` 60000 (the stages' total) with a `schedule` poly; each reference stage restarts at lr 0.01 and "
+    "steps x0.1 once.",
+    "`crop_size`: 224 px crops at the image's own scale; the reference resizes each (object-centred) image to "
+    "250 x 250 first.",
+    "`backbone`, `pretrained`: timm vgg16_bn (ImageNet-trained with batch norm); the reference adds BN to a "
+    "plain ImageNet VGG16.",
+    "No EDeconvNet ensemble with FCN-8s and no CRF (the paper's best rows).",
+    "Caffe's bias lr x2 and no bias decay (blobs_lr 1/2) are not reproduced; BN keeps running statistics.",
+)
 
 RECIPES = [
     Recipe(
@@ -63,9 +103,12 @@ RECIPES = [
         "paper",
         "GPU: DeconvNet on ImageNet VGG16-bn (timm, torchvision weights; fc6/fc7 from the classifier), "
         "224 px crops, batch 64, SGD lr 0.01 momentum 0.9 weight decay 5e-4, 60000 steps (the two stages' "
-        "total) with a poly schedule, one stage on whole images (no proposals)",
+        "total) with a poly schedule, one stage on whole images (no proposals), on VOC 2012 trainaug where the "
+        "dataset has it",
         train=dict(_PAPER_TRAIN),
         model=dict(_PAPER_MODEL),
+        sources=dict(_PAPER_SOURCES),
+        deviations=_PAPER_DEVIATIONS,
     ),
 ]
 

@@ -66,10 +66,14 @@ class DeepLab(nn.Module):
         freeze_bn: bool = False,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
+        lr_mults: str = "head",
     ) -> None:
         super().__init__()
         if version not in VERSIONS:
             raise ConfigError(f"deeplab: version must be one of {', '.join(VERSIONS)}, got {version!r}")
+        if lr_mults not in ("head", "caffe"):
+            raise ConfigError(f"deeplab: lr_mults must be head or caffe, got {lr_mults!r}")
+        self.lr_mults = lr_mults
         self.method = method = f"deeplab_{version}"
         _check(method, num_classes=num_classes, output_stride=output_stride, eval_output_stride=eval_output_stride,
                multi_grid=multi_grid, aspp_rates=aspp_rates, eval_scales=eval_scales, dropout=dropout,
@@ -125,6 +129,19 @@ class DeepLab(nn.Module):
         self.fc_pretrained = False
         if version == "v1" and self.vgg and (pretrained or weights) and width == 1.0:
             self._load_vgg_classifier(backbone, weights)
+
+    # -- learning rates ------------------------------------------------------------------
+    def param_multipliers(self, head_lr_mult: float) -> dict[str, tuple[float, float]] | None:
+        """``lr_mults="caffe"``: the prototxts' ``lr_mult`` / ``decay_mult``: x1 weights, x2 biases without decay,
+        and x ``head_lr_mult`` (x2 for biases) on the new classifier only: v1's fc8 (DeepLab-LargeFOV
+        train.prototxt), v2's ASPP branches (the ``fc1_*`` classifiers). ``"head"``: None, the engine's rule
+        (the whole head at x ``head_lr_mult``)."""
+        if self.lr_mults != "caffe":
+            return None
+        from segbench.nn.multipliers import caffe_multipliers
+
+        new = ("head.fc8",) if self.version == "v1" else ("head", "aspp", "classifier", "decoder")
+        return caffe_multipliers(self, new, head_lr_mult)
 
     # -- output stride -------------------------------------------------------------------
     def set_output_stride(self, output_stride: int) -> None:

@@ -390,3 +390,32 @@ def test_freeze_bn_keeps_backbone_batch_norm_fixed():
     images, targets = batch(2, 48, 48)
     model.loss(images, targets)["loss"].backward()
     assert torch.equal(norms[0].running_mean, before)
+
+
+
+def test_the_v2_paper_recipe_brings_the_v2_release_crf_parameters_and_v1_keeps_its_own():
+    from segbench.engine.config import resolve_config
+    from segbench.engine.run import postprocess_chain, requested_postprocessors
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    if "densecrf" not in registry.postprocessors:
+        pytest.skip("segbench-densecrf is not installed")
+    dataset = registry.dataset("voc2012")
+    crf = {}
+    for name in ("deeplab_v1", "deeplab_v2"):
+        method = registry.method(name)
+        chain, _ = postprocess_chain(method, dataset, registry, requested_postprocessors(method, "paper", [], registry))
+        config = resolve_config(method, dataset, {}, "paper", {}, chain)
+        crf[name] = config.postprocess["densecrf"]
+        assert config.train.train_split == "trainaug"
+    assert crf["deeplab_v1"]["theta_alpha"] == 121.0  # the post-processor's default (DeepLab-LargeFOV, v1)
+    v2 = {k: crf["deeplab_v2"][k] for k in ("iterations", "bilateral_weight", "theta_alpha", "theta_beta",
+                                            "gaussian_weight", "theta_gamma")}
+    assert v2 == {"iterations": 10, "bilateral_weight": 4.0, "theta_alpha": 49.0, "theta_beta": 5.0,
+                  "gaussian_weight": 3.0, "theta_gamma": 3.0}  # the v2 release's run_densecrf.sh
+    # --set still overrides the recipe's CRF options
+    method = registry.method("deeplab_v2")
+    chain, _ = postprocess_chain(method, dataset, registry, requested_postprocessors(method, "paper", [], registry))
+    config = resolve_config(method, dataset, {}, "paper", {"postprocess.densecrf.theta_alpha": 80}, chain)
+    assert config.postprocess["densecrf"]["theta_alpha"] == 80

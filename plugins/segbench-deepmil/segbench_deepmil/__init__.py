@@ -36,6 +36,8 @@ SHAPES_MODEL = {
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
                 "warmup_steps": 50, "threads": 2}
 
+_UNVERIFIED = "deviation: segbench's choice; the paper's value was not verified here"
+
 RECIPES = [
     Recipe(
         "quick",
@@ -54,15 +56,43 @@ RECIPES = [
     ),
     Recipe(
         "paper",
-        "GPU: ImageNet VGG16 up to pool5 (stride 32, as the paper's network), adaptation layer of 2048 channels "
-        "with dropout 0.5, global max pooling, batches rescaled by a factor in [0.7, 1.4], 448 px crops, "
-        "SGD lr 1e-3 (x10 for the new layers), batch 16, 6000 steps",
+        "GPU: ImageNet VGG16 up to pool5 (stride 32, as the paper's network) with a random adaptation layer of "
+        "2048 channels (dropout 0.5), global max pooling, batches rescaled by a factor in [0.7, 1.4], 448 px crops, "
+        "SGD lr 1e-3 (x10 for the new layers), batch 16, 6000 steps (segbench's schedule; see the deviations)",
         train={"steps": 6000, "batch_size": 16, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 448,
                "scale_min": 1.0, "scale_max": 1.0, "eval_size": 448},
         model={"backbone": "vgg16", "out_index": 5, "pretrained": True, "backbone_args": None,
                "adapt_channels": 2048, "dropout": 0.5, "train_scale_range": [0.7, 1.4]},
         data={"image_size": 448},
+        sources={
+            **{k: _UNVERIFIED for k in ("steps", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum",
+                                        "weight_decay", "schedule", "warmup_steps", "crop_size", "eval_size")},
+            "scale_min": "segbench: no engine rescaling; the model rescales each batch (train_scale_range)",
+            "scale_max": "segbench: no engine rescaling; the model rescales each batch (train_scale_range)",
+            "backbone": "deviation: ImageNet VGG16 stands in for the paper's Krizhevsky-style network (C1-C5)",
+            "out_index": "deviation: pool5 of VGG16 (stride 32); the paper's C6/C7 on top of C5 are dropped",
+            "pretrained": "deviation: not verified against the paper (ImageNet weights for the transferred layers)",
+            "backbone_args": "segbench: timm's defaults, no extra arguments",
+            "adapt_channels": "deviation: FCa of 2048 units recalled from the paper (not verified), starts random "
+                              "on pool5",
+            "dropout": "deviation: not verified against the paper (0.5 before FCb)",
+            "train_scale_range": "deviation: [0.7, 1.4] recalled from the paper (not verified); one factor per "
+                                 "batch",
+        },
+        deviations=(
+            "C6/C7 (ImageNet fc6/fc7 as convolutions) dropped: FCa (`adapt_channels`) starts random on VGG16 "
+            "pool5 (`backbone`, `out_index`).",
+            "`backbone`: ImageNet VGG16 stands in for the paper's Krizhevsky-style network (C1-C5).",
+            "No test-time multi-scale max fusion: evaluation runs once at 448 px (`eval_size`).",
+            "`train_scale_range`: one random factor per batch (images of a batch share a size), not per image.",
+            "`adapt_channels` 2048, `dropout` 0.5, `train_scale_range` [0.7, 1.4], `pretrained`: recalled from the "
+            "paper, not verified here.",
+            "`steps`, `batch_size`, `lr`, `head_lr_mult`, `momentum`, `weight_decay`, `schedule`, `warmup_steps`: "
+            "segbench's, not the paper's.",
+            "`optimizer`, `crop_size`, `eval_size`: segbench's choices (SGD, 448 px); the paper's were not verified.",
+            "Trained on the benchmark's split; the paper trains on VOC 2012 trainval and COCO train.",
+        ),
     ),
 ]
 

@@ -48,6 +48,10 @@ SHAPES_MODEL = {
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
                 "warmup_steps": 50, "threads": 2}
 
+_V2 = "DrSleep/deeplab-public-ver2 (mirror of the authors' DeepLab v2 release)"
+_LARGEFOV = ("deviation: DeepLab-LargeFOV's value (Chen et al. TPAMI 2018, Sec. 4.1.1), which EM-Adapt builds "
+             "on; not verified against the EM-Adapt paper")
+
 RECIPES = [
     Recipe(
         "quick",
@@ -68,16 +72,52 @@ RECIPES = [
     ),
     Recipe(
         "paper",
-        "GPU: ImageNet VGG16 cut at conv5_3 (stride 16) + LargeFOV fc6/fc7 (1024 wide, fc6 dilated 6 = 12 at "
-        "stride 8) + fc8, E-step shares 20 % per foreground class / 40 % background, SGD momentum 0.9, "
+        "GPU: ImageNet VGG16 cut at conv5_3 (stride 16) + LargeFOV-like fc6/fc7 (1024 wide, fc6 dilated 6 = 12 at "
+        "stride 8, random) + fc8, E-step shares 20 % per foreground class / 40 % background, SGD momentum 0.9, "
         "lr 0.001 (x10 for the new layers), weight decay 5e-4, batch 20, 321 px crops, 6000 iterations with "
-        "x0.1 every 2000; on VOC 2012 add --set train_split=trainaug to train on SBD's 10,582 images as the paper",
+        "x0.1 every 2000, on VOC 2012 trainaug (SBD, 10,582 images) where the dataset has it",
         train={"steps": 6000, "batch_size": 20, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
                "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step", "milestones": [2000, 4000],
-               "warmup_steps": 0, "crop_size": 321,
-               "eval_size": 0},
+               "warmup_steps": 0, "crop_size": 321, "eval_size": 0, "train_split": "trainaug"},
         model={"backbone": "vgg16", "out_index": 4, "pretrained": True, "backbone_args": None,
                "head_channels": 1024, "head_dilation": 6, "dropout": 0.5, "fg_share": 0.2, "bg_share": 0.4},
+        sources={
+            **{k: _LARGEFOV for k in ("batch_size", "optimizer", "lr", "head_lr_mult", "momentum",
+                                      "weight_decay", "schedule", "milestones")},
+            "steps": "deviation: DeepLab-LargeFOV's 6000 iterations (its solver.prototxt:9), not verified for "
+                     "EM-Adapt",
+            "crop_size": "deviation: DeepLab-LargeFOV's 321 px crops (its train.prototxt:37), not verified for "
+                         "EM-Adapt",
+            "warmup_steps": "segbench: no warm-up (Caffe's step policy has none)",
+            "eval_size": "segbench: evaluation at each image's own size",
+            "train_split": "deviation: VOC 2012 trainaug (SBD), recalled from the paper and not verified here",
+            "backbone": "deviation: VGG16 cut at conv5_3, stride 16 (timm's VGG cannot be dilated); the paper's "
+                        "DeepLab-LargeFOV runs at stride 8",
+            "out_index": "deviation: conv5_3 (stride 16); DeepLab-LargeFOV: pool4/pool5 stride 1, conv5 dilated 2",
+            "pretrained": "deviation: ImageNet conv layers only; DeepLab-LargeFOV also decimates fc6/fc7 from "
+                          "VGG's classifier",
+            "backbone_args": "segbench: timm's defaults, no extra arguments",
+            "head_channels": "Chen et al. TPAMI 2018, Sec. 4.1.1 (DeepLab-LargeFOV: 1,024 of VGG's 4,096 fc6/fc7 "
+                             "filters)",
+            "head_dilation": "deviation: fc6 dilation 6 at stride 16 (the field of view of rate 12 at stride 8)",
+            "dropout": "deviation: DeepLab-LargeFOV's 0.5 after fc6/fc7 (its train.prototxt:429, 459), not "
+                       "verified for EM-Adapt",
+            "fg_share": f"{_V2} src/caffe/proto/caffe.proto:488 (AdaptiveBiasChannelParameter fg_portion 0.2)",
+            "bg_share": "deviation: 0.4 recalled from the paper, not verified (the layer's default bg_portion is "
+                        f"0.2, {_V2} src/caffe/proto/caffe.proto:487)",
+        },
+        deviations=(
+            "`backbone` VGG16 cut at conv5_3 (`out_index` 4, stride 16), fc6 dilation 6 (`head_dilation`), fc6/fc7 "
+            "random (`pretrained`).",
+            "The paper builds on DeepLab-LargeFOV: stride 8, fc6 3x3 rate 12, fc6/fc7 decimated from ImageNet VGG16.",
+            "`steps`, `batch_size`, `optimizer`, `lr`, `head_lr_mult`, `momentum`, `weight_decay`: DeepLab-LargeFOV's, "
+            "unverified for EM-Adapt.",
+            "`schedule`, `milestones`, `crop_size`, `dropout`: DeepLab-LargeFOV's (x0.1 every 2000, 321 px, 0.5), "
+            "unverified for EM-Adapt.",
+            "`bg_share` 0.4 and `train_split` trainaug were not verified against the paper.",
+            "No fully connected CRF at test time (add --postprocess densecrf).",
+            "E-step: a class wins ceil(share x n) pixels; the reference layer floor(share x n) + 1.",
+        ),
     ),
 ]
 

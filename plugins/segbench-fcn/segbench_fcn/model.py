@@ -46,9 +46,13 @@ class FCN(nn.Module):
         pool4_scale: float = 1.0,
         pool3_scale: float = 1.0,
         loss_reduction: str = "mean",
+        lr_mults: str = "head",
     ) -> None:
         super().__init__()
         _check_options(num_classes, variant, fc_channels, fc_kernel, dropout, taps, loss_reduction)
+        if lr_mults not in ("head", "caffe"):
+            raise ConfigError(f"fcn: lr_mults must be head or caffe, got {lr_mults!r}")
+        self.lr_mults = lr_mults
         self.num_classes = num_classes
         self.variant = variant
         self.loss_reduction = loss_reduction
@@ -113,6 +117,11 @@ class FCN(nn.Module):
         return x
 
     # -- segbench method API -------------------------------------------------------
+    def param_multipliers(self, head_lr_mult: float) -> dict[str, tuple[float, float]] | None:
+        """``lr_mults="caffe"``: biases at x2 lr without weight decay, as every layer of the reference nets
+        (voc-fcn*/net.py:8); ``"head"``: None, the engine's backbone / head rule."""
+        return _caffe_table(self) if self.lr_mults == "caffe" else None
+
     def loss(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Per-pixel softmax cross-entropy, pixels labelled 255 ignored.
 
@@ -171,6 +180,13 @@ def _align(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _zero(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
+
+
+def _caffe_table(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """The reference nets' ``param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]`` on every layer."""
+    from segbench.nn.multipliers import caffe_multipliers
+
+    return caffe_multipliers(model, ())
 
 
 def _check_options(num_classes, variant, fc_channels, fc_kernel, dropout, taps, loss_reduction) -> None:

@@ -274,3 +274,19 @@ def test_bad_options_are_config_errors(options, message):
 def test_backbone_without_the_needed_strides_is_a_config_error():
     with pytest.raises(ConfigError, match="no feature map at stride 32"):
         FCN(C, variant="8s", backbone="test_vit", fc_channels=8, fc_kernel=3)
+
+
+
+def test_paper_recipes_train_on_whole_images_of_trainaug_and_fcn16s_says_it_has_no_reference():
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    for name in ("fcn32s", "fcn16s", "fcn8s"):
+        paper = registry.method(name).recipes["paper"]
+        assert paper.train["crop_size"] == 0 and paper.train["batch_size"] == 1  # voc_layers.py: whole images
+        assert paper.train["train_split"] == "trainaug"
+    assert registry.method("fcn32s").recipes["paper"].train["steps"] == 100_000
+    fcn16s = registry.method("fcn16s").recipes["paper"]
+    assert any("run fcn32s, then --init RUN_ID" in line for line in fcn16s.deviations)
+    assert fcn16s.sources["lr"].startswith("deviation") and fcn16s.sources["pool4_scale"].startswith("deviation")
+    assert not registry.method("fcn8s").recipes["paper"].sources["lr"].startswith("deviation")  # voc-fcn8s-atonce

@@ -57,14 +57,65 @@ PAPER_TRAIN = {"steps": 2500, "batch_size": 40, "optimizer": "sgd", "lr": 1e-3, 
 PAPER_BACKBONE = {"backbone": "vgg16", "out_index": 4, "pretrained": True, "backbone_args": None}
 
 
-def _recipes(shapes_model: dict, paper_model: dict, paper_text: str) -> list[Recipe]:
+_SEGBENCH = "deviation: segbench's choice; the paper's value was not verified here"
+_TRAIN_SOURCES = {k: _SEGBENCH for k in PAPER_TRAIN}
+_BACKBONE_SOURCES = {
+    "backbone": "deviation: ImageNet VGG16 conv1-conv5_3, segbench's stand-in for the paper's network",
+    "out_index": "deviation: conv5_3 (stride 16), segbench's choice",
+    "pretrained": "deviation: timm's ImageNet VGG16 weights, segbench's choice",
+    "backbone_args": "segbench: timm's defaults, no extra arguments",
+}
+_TRAIN_DEVIATIONS = (
+    "`steps`, `batch_size`, `optimizer`, `lr`, `head_lr_mult`, `momentum`, `weight_decay`: segbench's choices, "
+    "not the paper's.",
+    "`schedule`, `warmup_steps`, `crop_size`, `scale_min`, `scale_max`, `eval_size`: segbench's (poly, 224 px, "
+    "random 0.9-1.1 scale).",
+)
+LSE_SOURCES = {
+    **_TRAIN_SOURCES, **_BACKBONE_SOURCES,
+    "beta": "deviation: the paper's r was not verified here; 5 is segbench's default",
+    "loss": "deviation: softmax cross-entropy over classes, recalled from the paper (not verified)",
+    "dropout": _SEGBENCH,
+}
+LSE_DEVIATIONS = (
+    "`backbone`, `out_index`, `pretrained`: ImageNet VGG16 to conv5_3; the paper uses Overfeat's layers plus "
+    "four extra conv layers.",
+    "Trained on the benchmark's split; the paper trains on ImageNet images of the VOC classes (no VOC training "
+    "images).",
+    "No image-level prior, smoothing priors or superpixels at test time; masks come from the engine's "
+    "score-map rule.",
+    "`beta` 5 (the paper's r), `loss` softmax and `dropout` 0.5 were not verified against the paper.",
+    *_TRAIN_DEVIATIONS,
+)
+SPLEAP_SOURCES = {
+    **_TRAIN_SOURCES, **_BACKBONE_SOURCES,
+    **{k: "deviation: segbench's reading of the paper's abstract; not verified"
+       for k in ("num_parts", "part_hidden", "beta", "learn_beta", "dropout")},
+}
+SPLEAP_DEVIATIONS = (
+    "Only the paper's abstract was read: the parts, the soft pooling and the recipe are segbench's reading of it.",
+    "`num_parts`, `part_hidden`: 256 two-layer conv part detectors trained by back-propagation, not the paper's "
+    "boosted part classifiers.",
+    "`beta`, `learn_beta`: a learned softmax-weighted mean per part over the cells, segbench's parametric soft "
+    "pooling.",
+    "`backbone`, `out_index`, `pretrained`: regions are the cells of one ImageNet VGG16 conv5_3 map at one "
+    "scale, not region proposals.",
+    "`dropout` 0.5 is segbench's; the class maps (`score_maps`) are segbench's too: the paper classifies images "
+    "only.",
+    *_TRAIN_DEVIATIONS,
+)
+
+
+def _recipes(shapes_model: dict, paper_model: dict, paper_text: str, sources: dict,
+             deviations: tuple[str, ...]) -> list[Recipe]:
     return [
         Recipe("quick", "CPU quickstart on shapes: tiny timm ResNet cut at stride 8, 64 px images, 4000 training "
                "images, AdamW, 1500 steps", train={**SHAPES_TRAIN, "steps": 1500}, model=shapes_model,
                data=QUICK_DATA),
         Recipe("bench", "shapes leaderboard (under 6 minutes on 2 cores): the quick model at the default 96 px, "
                "2400 steps", train={**SHAPES_TRAIN, "steps": 2400}, model=shapes_model, data={}),
-        Recipe("paper", paper_text, train=PAPER_TRAIN, model=paper_model, data={"image_size": 224}),
+        Recipe("paper", paper_text, train=PAPER_TRAIN, model=paper_model, data={"image_size": 224},
+               sources=sources, deviations=deviations),
     ]
 
 
@@ -74,12 +125,14 @@ LSE_RECIPES = _recipes(
     "GPU: ImageNet-pretrained VGG16 cut after conv5_3 (stride 16), LSE beta 5, softmax cross-entropy, 224 px, "
     "SGD lr 1e-3 (x10 for the head), batch 40, 2500 steps (the paper used Overfeat plus four extra layers, "
     "trained on ImageNet images)",
+    LSE_SOURCES, LSE_DEVIATIONS,
 )
 SPLEAP_RECIPES = _recipes(
     {**SHAPES_BACKBONE, "num_parts": 32, "beta": 5.0, "learn_beta": True},
     {**PAPER_BACKBONE, "num_parts": 256, "part_hidden": 512, "beta": 5.0, "learn_beta": True, "dropout": 0.5},
     "GPU: ImageNet-pretrained VGG16 cut after conv5_3 (stride 16), 256 non-linear part detectors, learned soft "
-    "pooling, 224 px, SGD lr 1e-3 (x10 for the head), batch 40, 2500 steps",
+    "pooling, 224 px, SGD lr 1e-3 (x10 for the head), batch 40, 2500 steps (segbench's reading of the paper)",
+    SPLEAP_SOURCES, SPLEAP_DEVIATIONS,
 )
 
 

@@ -49,7 +49,7 @@ OPTIONS: dict[str, Any] = {
 PAPER_TRAIN = {
     "steps": 90_000, "batch_size": 16, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
     "schedule": "step", "milestones": [60_000, 80_000], "warmup_steps": 500, "hflip": True, "eval_batch_size": 8,
-    "crop_size": 640,  # the engine stacks same-size batches: COCO images (<= 640 px a side) are padded, not cut
+    "crop_size": 0,  # whole images: the engine pads a batch, the model cuts each image back before its resize
 }
 PAPER_MODEL = {"backbone": "resnet50_fpn", "pretrained": "imagenet", "image_min_size": 800,
                "image_max_size": 1333}
@@ -76,6 +76,35 @@ SMALL_MODEL = {
 CPU_TRAIN = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 4,
              "eval_batch_size": 16, "threads": 1, "grad_clip": 10.0}
 
+_PAPER = "He et al. ICCV 2017"
+_DET = "facebookresearch/Detectron"
+_DET1X = f"{_DET} configs/12_2017_baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml"
+PAPER_SOURCES = {
+    "steps": f"{_DET1X}:13 (MAX_ITER 90000, the 1x schedule); the paper: 160k (deviation line)",
+    "batch_size": f"{_PAPER}, Sec. 3.1 (8 GPUs x 2 images: an effective mini-batch of 16)",
+    "optimizer": f"{_PAPER}, Sec. 3.1 (SGD, momentum 0.9)",
+    "lr": f"{_PAPER}, Sec. 3.1 (learning rate 0.02); {_DET1X}:11",
+    "momentum": f"{_PAPER}, Sec. 3.1",
+    "weight_decay": f"{_PAPER}, Sec. 3.1 (0.0001); {_DET1X}:9",
+    "schedule": f"{_PAPER}, Sec. 3.1 (decreased by 10); {_DET1X}:10-12 (steps_with_decay, gamma 0.1)",
+    "milestones": f"{_DET1X}:14 (steps at 60000 and 80000); the paper: 120k of 160k (deviation line)",
+    "warmup_steps": f"{_DET} detectron/core/config.py:628 (WARM_UP_ITERS 500; from 1/3 of the lr, :631)",
+    "hflip": f"{_DET} detectron/core/config.py:112 (TRAIN.USE_FLIPPED True)",
+    "eval_batch_size": "segbench: evaluation batch size (does not change the predictions)",
+    "crop_size": f"{_DET1X}:35-36 (no crop: each whole image resized to shorter side 800, longer <= 1333)",
+    "backbone": f"{_PAPER}, Sec. 3 (ResNet-50-FPN); {_DET1X}:3",
+    "pretrained": f"{_DET1X}:33 (ImageNet R-50); torchvision's ImageNet ResNet-50 here (deviation line)",
+    "image_min_size": f"{_PAPER}, Sec. 3.1 (shorter edge 800 pixels); {_DET1X}:35",
+    "image_max_size": f"{_DET1X}:36 (MAX_SIZE 1333)",
+}
+PAPER_DEVIATIONS = (
+    "`steps`, `milestones`: Detectron's 1x schedule (90k, x0.1 at 60k and 80k); the paper trains 160k iterations, "
+    "x0.1 at 120k.",
+    "`warmup_steps`: linear from 0 over 500 steps; Detectron warms up from 1/3 of the lr (config.py:628-631).",
+    "`pretrained`: torchvision's ImageNet ResNet-50, not Detectron's MSRA R-50.pkl.",
+    "Network, losses and samplers are torchvision's maskrcnn_resnet50_fpn, not the authors' Detectron code.",
+)
+
 RECIPES = [
     Recipe(
         "quick",
@@ -95,10 +124,12 @@ RECIPES = [
     Recipe(
         "paper",
         "GPU: ResNet-50-FPN from ImageNet weights (frozen BN, stem and layer1 frozen), images 800 px "
-        "(longer side <= 1333; training images padded to 640 x 640 first), SGD lr 0.02 momentum 0.9 weight "
+        "(longer side <= 1333; whole images, no crop), SGD lr 0.02 momentum 0.9 weight "
         "decay 1e-4, batch 16, 90k steps with x0.1 at 60k and 80k (the 1x COCO schedule): see the README",
         train=PAPER_TRAIN,
         model=PAPER_MODEL,
+        sources=PAPER_SOURCES,
+        deviations=PAPER_DEVIATIONS,
     ),
 ]
 

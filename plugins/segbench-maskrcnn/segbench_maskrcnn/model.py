@@ -142,11 +142,29 @@ class MaskRCNN(tv_mask_rcnn.MaskRCNN):
 
     # -- segbench method API -------------------------------------------------------------
     def loss(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """torchvision's five Mask R-CNN losses (RPN objectness and box, classifier, box regression, mask)."""
+        """torchvision's five Mask R-CNN losses (RPN objectness and box, classifier, box regression, mask).
+
+        Each image is cut back to its ``valid_size`` (the engine pads a batch of
+        different sizes), so the detector resizes the image itself, not its
+        padding: objects get the paper's scale (shorter side 800).
+        """
         if not self.training:
             raise RuntimeError("mask_rcnn: loss() needs training mode (call model.train())")
-        detector_targets = [self._detector_target(t, i, images.shape[-2:]) for i, t in enumerate(targets)]
-        return self(list(images), detector_targets)
+        full = tuple(images.shape[-2:])
+        sizes = [tuple(t.get("valid_size") or full) for t in targets]
+        crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes)]
+        detector_targets = [self._detector_target(self._crop_target(t, full, size), i, size)
+                            for i, (t, size) in enumerate(zip(targets, sizes))]
+        return self(crops, detector_targets)
+
+    @staticmethod
+    def _crop_target(target: dict[str, Any], full, size) -> dict[str, Any]:
+        """The instance masks of ``target`` without the batch padding (from ``full`` back to ``size``)."""
+        masks = target.get("masks")
+        if masks is None or tuple(size) == tuple(full):
+            return target
+        h, w = size
+        return {**target, "masks": torch.as_tensor(masks).reshape(-1, *full)[:, :h, :w]}
 
     def _detector_target(self, target: dict[str, Any], index: int, size) -> dict[str, torch.Tensor]:
         device = self.to_label.device

@@ -331,3 +331,32 @@ def test_two_step_run_on_shapes_gives_coco_ap_and_the_dense_metrics(tmp_path):
         assert key in metrics, sorted(metrics)
     assert 0.0 <= metrics["coco_ap50_segm"] <= 1.0 and 0.0 <= metrics["miou"] <= 1.0
     assert record["config"]["model"]["backbone"] == "test_resnet"
+
+
+
+def test_loss_cuts_a_padded_image_back_to_its_own_size_before_the_detectors_resize(monkeypatch):
+    """A batch padded by the engine: the detector sees each image at its own size, masks cut to match."""
+    import torch
+
+    from segbench.plugins import get_registry
+
+    spec = get_registry().method("mask_rcnn")
+    model = spec.build(4, **{**spec.options, **spec.recipes["quick"].model})
+    model.train()
+    seen = {}
+
+    def fake_forward(images, targets=None):
+        seen["sizes"] = [tuple(i.shape[-2:]) for i in images]
+        seen["masks"] = [tuple(t["masks"].shape) for t in targets]
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(model, "forward", fake_forward)
+    images = torch.zeros(2, 3, 40, 50)
+    mask = torch.zeros(1, 40, 50, dtype=torch.bool)
+    mask[0, 2:10, 3:12] = True
+    targets = [{"boxes": torch.tensor([[3.0, 2.0, 12.0, 10.0]]), "classes": torch.tensor([1]), "masks": mask,
+                "iscrowd": torch.tensor([False]), "valid_size": (30, 50)},
+               {"boxes": torch.tensor([[3.0, 2.0, 12.0, 10.0]]), "classes": torch.tensor([2]), "masks": mask,
+                "iscrowd": torch.tensor([False]), "valid_size": (40, 50)}]
+    model.loss(images, targets)
+    assert seen["sizes"] == [(30, 50), (40, 50)] and seen["masks"] == [(1, 30, 50), (1, 40, 50)]

@@ -59,6 +59,8 @@ SHAPES_MODEL = {
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
                 "warmup_steps": 50, "threads": 2}
 
+_SEGBENCH = "deviation: segbench's choice; the paper's value was not verified here"
+
 RECIPES = [
     Recipe(
         "quick",
@@ -79,7 +81,7 @@ RECIPES = [
         "paper",
         "GPU: ImageNet ResNet-50 proposal FCN at 3 scales of 448 px images, LSE pooling, top-5 boxes of the "
         "3 best classes re-scored by an ImageNet ResNet-50 on 224 px crops; SGD lr 1e-2, batch 16 "
-        "(a modern stand-in for the paper's networks; see the README)",
+        "(a modern stand-in for the paper's networks, segbench's values; see the deviations)",
         train={"steps": 10000, "batch_size": 16, "optimizer": "sgd", "lr": 1e-2, "momentum": 0.9,
                "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 200, "crop_size": 448,
                "scale_min": 0.7, "scale_max": 1.3, "eval_size": 448},
@@ -88,6 +90,37 @@ RECIPES = [
                "scales": (0.5, 0.75, 1.0), "pool": "lse", "lse_r": 5.0, "box_sizes": (0.2, 0.35, 0.5, 0.75),
                "top_k": 5, "top_classes": 3, "crop_size": 224, "train_boxes": 4},
         data={"image_size": 448},
+        sources={
+            **{k: _SEGBENCH for k in ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                                      "schedule", "warmup_steps", "scale_min", "scale_max", "eval_size")},
+            "crop_size": "deviation: segbench's choices (train: 448 px image crops; model: 224 px cascade crops), "
+                         "not verified",
+            "backbone": "deviation: ImageNet ResNet-50, segbench's stand-in for the paper's proposal CNN",
+            "cascade_backbone": "deviation: ImageNet ResNet-50, segbench's stand-in for the paper's cascade CNN",
+            "pretrained": "deviation: timm's ImageNet weights for both networks (resnet50.a1_in1k), segbench's choice",
+            "out_index": "segbench: the last stage of each network",
+            "cascade_out_index": "segbench: the last stage of each network",
+            "backbone_args": "segbench: timm's defaults, no extra arguments",
+            "cascade_args": "segbench: timm's defaults, no extra arguments",
+            **{k: _SEGBENCH for k in ("scales", "pool", "lse_r", "box_sizes", "top_k", "top_classes",
+                                      "train_boxes")},
+        },
+        deviations=(
+            "`backbone`, `cascade_backbone`, `pretrained`: ImageNet ResNet-50s stand in for the paper's proposal "
+            "and cascade CNNs.",
+            "Both levels train at once on the current proposals; the paper trains the proposal network first, then "
+            "the cascade.",
+            "One cascade level (a chain of two networks); the paper's tree cascades and deeper chains are not "
+            "implemented.",
+            "Boxes are `box_sizes` windows over the scale-averaged map, not each cell's receptive window at its "
+            "scale.",
+            "`scales`, `pool`, `lse_r`, `top_k`, `top_classes`, `train_boxes`, `crop_size`: segbench's values, not "
+            "verified.",
+            "`steps`, `batch_size`, `optimizer`, `lr`, `momentum`, `weight_decay`, `schedule`, `warmup_steps`: "
+            "segbench's.",
+            "`scale_min`, `scale_max`, `eval_size`: segbench's random 0.7-1.3 scale and 448 px images.",
+            "The image score fuses both levels' logits (mean); the paper's combination rule was not verified.",
+        ),
     ),
 ]
 

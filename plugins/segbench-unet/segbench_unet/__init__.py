@@ -25,7 +25,12 @@ OPTIONS: dict[str, Any] = {
     "dropout": 0.0,  # drop-out at the end of the contracting path (the paper uses drop-out there)
     "tile_size": 512,  # input tile of the overlap-tile inference (the paper: 572 with valid padding); 0 = off
     "tile_overlap": None,  # context margin of each tile, >= the receptive context radius; None = the smallest exact
+    "weight_map": False,  # weight the loss by the paper's w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2) (eq. 2)
+    "w0": 10.0,  # the weight map's border weight (the paper: 10)
+    "sigma": 5.0,  # the weight map's border width in pixels (the paper: about 5)
 }
+# Options added after records of unet existed, at the value that trains as before (kept out of config ids there).
+LATE_OPTIONS: dict[str, Any] = {"weight_map": False, "w0": 10.0, "sigma": 5.0}
 
 _SMALL = {"depth": 3, "base_channels": 8, "padding": "same", "batch_norm": True, "tile_size": 256}
 _CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 8,
@@ -37,7 +42,47 @@ _PAPER_TRAIN = {"steps": 50_000, "batch_size": 1, "optimizer": "sgd", "lr": 1e-2
                 "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, "crop_size": 388,
                 "scale_min": 0.5, "scale_max": 2.0, "hflip": True}
 _PAPER_MODEL = {"depth": 4, "base_channels": 64, "padding": "valid", "batch_norm": False, "dropout": 0.5,
-                "tile_size": 572, "tile_overlap": None}
+                "tile_size": 572, "tile_overlap": None, "weight_map": True, "w0": 10.0, "sigma": 5.0}
+
+_PAPER = "Ronneberger et al. MICCAI 2015"
+_NOT_GIVEN = "deviation: not given in the paper; segbench's choice"
+_PAPER_SOURCES = {
+    "steps": _NOT_GIVEN,
+    "batch_size": f"{_PAPER}, Sec. 3 (the batch reduced to a single image)",
+    "optimizer": f"{_PAPER}, Sec. 3 (Caffe's stochastic gradient descent)",
+    "lr": _NOT_GIVEN,
+    "momentum": f"{_PAPER}, Sec. 3 (high momentum, 0.99)",
+    "weight_decay": _NOT_GIVEN,
+    "schedule": _NOT_GIVEN,
+    "warmup_steps": _NOT_GIVEN,
+    "crop_size": f"{_PAPER}, Fig. 1 (a 388 x 388 output tile of a 572 x 572 input)",
+    "scale_min": "deviation: random scaling stands in for the paper's elastic deformations (Sec. 3.1)",
+    "scale_max": "deviation: random scaling stands in for the paper's elastic deformations (Sec. 3.1)",
+    "hflip": "deviation: flips stand in for the paper's shift / rotation / elastic augmentation (Sec. 3.1)",
+    "depth": f"{_PAPER}, Sec. 2 and Fig. 1 (four 2x2 max-poolings)",
+    "base_channels": f"{_PAPER}, Fig. 1 (64 channels at the first level, doubled at each)",
+    "padding": f"{_PAPER}, Sec. 2 (unpadded 3x3 convolutions; copies cropped)",
+    "batch_norm": f"{_PAPER}, Sec. 2 (conv + ReLU, no normalisation)",
+    "dropout": "deviation: the rate is not given; the paper has drop-out at the end of the contracting path "
+               "(Sec. 3.1)",
+    "tile_size": f"{_PAPER}, Fig. 1 and Fig. 2 (overlap-tile with 572 px input tiles)",
+    "tile_overlap": "segbench: the smallest exact margin for the tiles (the network's receptive context)",
+    "weight_map": f"{_PAPER}, Sec. 3, eq. 2 (w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2): class balance plus "
+                  "the borders between touching cells)",
+    "w0": f"{_PAPER}, Sec. 3 (w0 = 10)",
+    "sigma": f"{_PAPER}, Sec. 3 (sigma ~ 5 pixels)",
+}
+_PAPER_DEVIATIONS = (
+    "`weight_map` computed per training crop (w_c: the crop's class frequencies); the paper pre-computes it per "
+    "image, frequencies over the training set.",
+    "No elastic deformations: random scale 0.5-2 (`scale_min`, `scale_max`) and flips (`hflip`) stand in.",
+    "`lr`, `steps`, `schedule`, `weight_decay`, `warmup_steps`, `dropout` rate: not given in the paper "
+    "(0.01, 50000, constant, 0, 0, 0.5).",
+    "Training crops are mirrored at their borders (context not real); the paper trains on large tiles with real "
+    "context.",
+    "Runs on VOC / COCO / shapes; the paper's tasks are EM stacks and cell tracking (two classes), not "
+    "comparable numbers.",
+)
 
 RECIPES = [
     Recipe(
@@ -59,10 +104,13 @@ RECIPES = [
     Recipe(
         "paper",
         "GPU: the paper's U-Net (depth 4, 64 channels, valid padding, no batch norm, drop-out 0.5), 572 px input "
-        "tiles -> 388 px outputs (crop 388 mirrored by 92 px), SGD momentum 0.99, batch 1, lr 0.01 (not given "
-        "in the paper), 50000 steps, random scale and flip (the paper's elastic deformations are not available)",
+        "tiles -> 388 px outputs (crop 388 mirrored by 92 px), the paper's weight map (w0 10, sigma 5), SGD "
+        "momentum 0.99, batch 1, lr 0.01 (not given in the paper), 50000 steps, random scale and flip (the "
+        "paper's elastic deformations are not available)",
         train=dict(_PAPER_TRAIN),
         model=dict(_PAPER_MODEL),
+        sources=dict(_PAPER_SOURCES),
+        deviations=_PAPER_DEVIATIONS,
     ),
 ]
 
@@ -87,6 +135,7 @@ def method_specs() -> list[MethodSpec]:
             description="U-Net: contracting/expanding paths with feature copies; overlap-tile inference "
                         "(mirrored borders, exact and memory-bounded for any image size)",
             paper=PAPER,
+            late_options=dict(LATE_OPTIONS),
         )
     ]
 

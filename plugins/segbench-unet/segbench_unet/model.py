@@ -19,6 +19,7 @@ from segbench.errors import ConfigError
 from segbench_unet.tiling import CONVS, KERNEL, TileGeometry, framed_logits, tiled_probabilities
 
 IGNORE_INDEX = 255
+BACKGROUND = 0  # the weight map's background class (segbench's segmentation datasets: 0)
 
 
 def double_conv(in_channels: int, out_channels: int, padding: str, batch_norm: bool) -> nn.Sequential:
@@ -53,6 +54,9 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         tile_size: int = 512,
         tile_overlap: int | None = None,
+        weight_map: bool = False,
+        w0: float = 10.0,
+        sigma: float = 5.0,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -61,6 +65,13 @@ class UNet(nn.Module):
             raise ConfigError(f"unet: base_channels must be a positive integer, got {base_channels!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"unet: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(weight_map, bool):
+            raise ConfigError(f"unet: weight_map must be true or false, got {weight_map!r}")
+        if isinstance(w0, bool) or not isinstance(w0, (int, float)) or not w0 >= 0:
+            raise ConfigError(f"unet: w0 must be a number >= 0, got {w0!r}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+            raise ConfigError(f"unet: sigma must be a number > 0 (pixels), got {sigma!r}")
+        self.weight_map, self.w0, self.sigma = weight_map, float(w0), float(sigma)
         self.geometry = TileGeometry.create(depth, padding, tile_size, tile_overlap)
         self.num_classes = num_classes
         widths = [base_channels * 2**level for level in range(depth + 1)]
@@ -122,12 +133,27 @@ class UNet(nn.Module):
         return probs
 
     # -- segbench method API -----------------------------------------------------------------
+    def pixel_weights(self, targets: list[dict[str, Any]]) -> torch.Tensor:
+        """The paper's weight maps ``[B, H, W]`` (float32, on the masks' device), one per target, computed from its
+        ``mask`` (and instance ``masks`` when present) at the mask's size: the size of the training logits."""
+        from segbench.nn.weight_map import unet_weight_map
+
+        return torch.stack([unet_weight_map(t["mask"], t.get("masks"), w0=self.w0, sigma=self.sigma,
+                                            background=BACKGROUND, ignore_index=IGNORE_INDEX) for t in targets])
+
     def loss(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Per-pixel softmax cross-entropy, mean over labelled pixels (255 ignored; 0 when none is labelled)."""
+        """Per-pixel softmax cross-entropy, mean over labelled pixels (255 ignored; 0 when none is labelled);
+        with ``weight_map`` each pixel's term is weighted by the paper's ``w(x)`` (still divided by the labelled
+        pixels: the paper's weighted sum up to a constant per tile)."""
         logits = self.logits(images, train=True)
         masks = torch.stack([t["mask"] for t in targets]).to(device=logits.device, dtype=torch.long)
         if masks.shape[-2:] != logits.shape[-2:]:
             raise ValueError(f"target masks are {tuple(masks.shape[-2:])}, images {tuple(logits.shape[-2:])}")
+        if self.weight_map:
+            from segbench.nn.weight_map import weighted_pixel_loss
+
+            weights = self.pixel_weights(targets).to(logits.device)
+            return {"loss": weighted_pixel_loss(logits, masks, weights, IGNORE_INDEX, normalize="pixels")}
         total = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
         return {"loss": total / (masks != IGNORE_INDEX).sum().clamp(min=1)}
 

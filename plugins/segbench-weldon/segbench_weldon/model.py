@@ -25,8 +25,9 @@ class Weldon(nn.Module):
     ``backbone_args`` go to ``timm.create_model``, e.g. ``channels``)
     -> ``head`` (1x1 conv to ``num_classes * maps_per_class`` maps, class-wise
     mean) -> class maps ``[B, C, h, w]`` -> ``pool`` (WELDON max+min pooling)
-    -> scores ``[B, C]``. Every class, background included, is trained as an
-    independent binary problem on the image-level labels.
+    -> scores ``[B, C]``, divided by 2 when ``halve`` is set and the min term is
+    on. Every class, background included, is trained as an independent binary
+    problem on the image-level labels.
     """
 
     def __init__(
@@ -45,16 +46,23 @@ class Weldon(nn.Module):
         alpha: float = 1.0,
         loss: str = "bce",
         dropout: float = 0.0,
+        halve: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"weldon: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if isinstance(maps_per_class, bool) or not isinstance(maps_per_class, int) or maps_per_class < 1:
             raise ConfigError(f"weldon: maps_per_class must be an integer >= 1, got {maps_per_class!r}")
+        if not isinstance(halve, bool):
+            raise ConfigError(f"weldon: halve must be true or false, got {halve!r}")
         try:
             self.pool = WeldonPool2d(kmax, kmin, alpha)
         except ValueError as exc:
             raise ConfigError(f"weldon: {exc}") from exc
+        # halve: the authors' PyTorch pooling divides (max + min) by 2 when the min term is on (weldon.resnet.pytorch
+        # weldon/weldon.py:49); their Torch pooling, which their ResNet-101 recipe ran with, does not
+        # (spatial-pooling.torch WeldonPooling.lua:66)
+        self.halve = halve and self.pool.kmin != 0 and self.pool.alpha != 0
         self.num_classes = num_classes
         self.loss_name = loss
         self.backbone, channels = feature_backbone(
@@ -69,7 +77,8 @@ class Weldon(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled scores ``[B, C]`` and class maps ``[B, C, h, w]``."""
         maps = self.class_maps(images)
-        return self.pool(maps), maps
+        scores = self.pool(maps)
+        return (scores / 2 if self.halve else scores), maps
 
     def loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """Multi-label loss on the pooled scores: BCE with logits, or the binary hinge (``loss="margin"``).

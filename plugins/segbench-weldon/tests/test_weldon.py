@@ -171,3 +171,27 @@ def test_labels_of_the_wrong_size_are_a_data_error():
     images, _ = batch(2)
     with pytest.raises(DataError, match="labels have shape"):
         model.loss(images, [{"labels": torch.zeros(C + 1)}] * 2)
+
+
+
+def test_halve_divides_max_plus_min_by_two_as_the_authors_pytorch_pooling():
+    """A hand-made 2x2 map [[4, 1], [2, 0]]: k = 1 -> max 4 + min 0 = 4, halved 2; k = 2 -> 3 + 0.5, halved 1.75."""
+    maps = torch.tensor([[4.0, 1.0], [2.0, 0.0]]).expand(1, C, 2, 2)
+    for halve, kmax, expected in [(False, 1.0, 4.0), (True, 1.0, 2.0), (False, 2.0, 3.5), (True, 2.0, 1.75)]:
+        model = build(kmax=kmax, kmin=kmax, halve=halve).eval()
+        model.class_maps = lambda images: maps  # the pooling alone, on the hand-made map
+        scores, _ = model(torch.zeros(1, 3, 32, 32))
+        torch.testing.assert_close(scores, torch.full((1, C), expected))
+    model = build(kmax=1.0, kmin=0, halve=True).eval()  # no min term: not halved
+    model.class_maps = lambda images: maps
+    torch.testing.assert_close(model(torch.zeros(1, 3, 32, 32))[0], torch.full((1, C), 4.0))
+    with pytest.raises(ConfigError, match="halve must be true or false"):
+        build(halve="yes")
+
+
+def test_halve_is_off_by_default_and_in_the_paper_recipe():
+    """Off by default (quick / bench unchanged); the paper recipe follows the Torch code its values come from."""
+    spec = get_registry().method("weldon")
+    assert spec.options["halve"] is False
+    assert all(not recipe.model.get("halve", False) for recipe in spec.recipes.values())
+    assert "WeldonPooling.lua:66" in spec.recipes["paper"].sources["halve"]

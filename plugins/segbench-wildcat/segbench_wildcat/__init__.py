@@ -29,6 +29,7 @@ OPTIONS = {
     "kmin": None,  # k-: lowest regions, same forms; None = same as kmax; 0 = no min term
     "alpha": 0.7,  # weight of the min term (>= 0)
     "dropout": 0.0,  # 2-D dropout on the features before the transfer layer
+    "halve": False,  # divide the pooled score by 2 when the min term is on, as the authors' code (paper recipe)
 }
 
 SHAPES_MODEL = {
@@ -42,6 +43,8 @@ SHAPES_MODEL = {
 }
 SHAPES_TRAIN = {"batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "schedule": "poly",
                 "warmup_steps": 50, "threads": 2}
+
+_REF = "durandtibo/wildcat.pytorch"  # the authors' PyTorch code
 
 RECIPES = [
     Recipe(
@@ -61,14 +64,49 @@ RECIPES = [
     ),
     Recipe(
         "paper",
-        "GPU: ImageNet-pretrained ResNet-101 (last stage, stride 32), M = 4, k+ = k- = 0.2, alpha 0.7, 448 px, "
-        "SGD momentum 0.9, lr 0.01 for the transfer layer and 0.001 for the backbone, constant, batch 16, "
-        "20 epochs of VOC 2007 trainval (the authors' code and paper)",
+        "GPU: the authors' VOC 2007 demo (wildcat.pytorch): ImageNet ResNet-101 (last stage, stride 32), M = 8, "
+        "k+ = k- = 0.2, alpha 0.7, (max + alpha min) / 2, every image warped to 448 x 448 (train and test), SGD momentum 0.9, lr 0.01 for the transfer layer "
+        "and 0.001 for the backbone, constant, batch 16, 20 epochs of VOC 2007 trainval (6280 steps)",
         train={"steps": 6280, "batch_size": 16, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "constant", "warmup_steps": 0,
-               "crop_size": 448, "scale_min": 0.9, "scale_max": 1.1, "eval_size": 448},
+               "warp_size": 448, "crop_size": 0, "scale_min": 1.0, "scale_max": 1.0, "hflip": True,
+               "eval_size": 448},
         model={"backbone": "resnet101", "out_index": -1, "pretrained": True, "backbone_args": None,
-               "maps_per_class": 4, "kmax": 0.2, "kmin": 0.2, "alpha": 0.7},
+               "maps_per_class": 8, "kmax": 0.2, "kmin": 0.2, "alpha": 0.7, "halve": True},
+        sources={
+            "steps": f"{_REF} README.md:25 (--epochs 20): 20 epochs x 314 steps of 16 of VOC 2007 trainval's "
+                     "5,011 images",
+            "batch_size": f"{_REF} README.md:25 (--batch-size 16)",
+            "optimizer": f"{_REF} wildcat/demo_voc2007.py:65-68 (torch.optim.SGD)",
+            "lr": f"{_REF} README.md:25 (--lr 0.01 --lrp 0.1: the pretrained layers at 0.001, wildcat/models.py:42-45)",
+            "head_lr_mult": f"{_REF} README.md:25 (--lrp 0.1: the transfer layer at 10x the backbone's lr)",
+            "momentum": f"{_REF} wildcat/demo_voc2007.py:27",
+            "weight_decay": f"{_REF} wildcat/demo_voc2007.py:29",
+            "schedule": f"{_REF} wildcat/engine.py:47-48, 319-326 (the demo sets no epoch_step: the lr never decays)",
+            "warmup_steps": f"{_REF} wildcat/engine.py:319-326 (no warm-up)",
+            "warp_size": f"{_REF} wildcat/engine.py:135 (Warp(448): every training image to 448 x 448)",
+            "crop_size": f"{_REF} wildcat/engine.py:134-139 (no crop after the warp)",
+            "scale_min": f"{_REF} wildcat/engine.py:134-139 (no random scale)",
+            "scale_max": f"{_REF} wildcat/engine.py:134-139 (no random scale)",
+            "hflip": f"{_REF} wildcat/engine.py:136 (MultiScaleCrop-free pipeline: Warp, RandomHorizontalFlip)",
+            "eval_size": f"{_REF} wildcat/engine.py:145 (test images warped to 448 x 448)",
+            "backbone": f"{_REF} wildcat/demo_voc2007.py:57 (resnet101_wildcat)",
+            "out_index": f"{_REF} wildcat/models.py:14-22 (conv1 through layer4, stride 32)",
+            "pretrained": f"{_REF} wildcat/demo_voc2007.py:57 (pretrained=True: torchvision's ImageNet ResNet-101)",
+            "backbone_args": "segbench: timm's defaults, no extra arguments",
+            "maps_per_class": f"{_REF} README.md:25 (--maps 8)",
+            "kmax": f"{_REF} README.md:25 (--k 0.2)",
+            "kmin": f"{_REF} wildcat/pooling.py:84-85 (kmin None -> kmax; the demo passes none, demo_voc2007.py:57)",
+            "alpha": f"{_REF} README.md:25 (--alpha 0.7)",
+            "halve": f"{_REF} wildcat/pooling.py:41-43 ((max + alpha min) / 2 when the min term is on)",
+        },
+        deviations=(
+            "`pretrained`: timm's resnet101.a1h_in1k weights, not torchvision's ResNet-101 of the reference "
+            "(backbone=resnet101.tv_in1k is that one).",
+            "Fractional k rounds half up with at least one region; the reference's round() is half to even and may "
+            "select none.",
+            "Segmentation uses the engine's score-map rule, not the paper's own segmentation post-processing.",
+        ),
     ),
 ]
 
@@ -93,5 +131,6 @@ def register_methods(register) -> None:
             recipes=RECIPES,
             description="WILDCAT: M maps per class (class-wise mean), then k+ max + alpha x k- min region pooling",
             paper=PAPER,
+            late_options={"halve": False},
         )
     )

@@ -20,7 +20,7 @@ K_FORMS = "a fraction of the regions in (0, 1) or a whole count >= 1"
 
 
 def check_options(num_classes: int, maps_per_class: Any, kmax: Any, kmin: Any, alpha: Any, dropout: Any,
-                  backbone_args: Any) -> None:
+                  backbone_args: Any, halve: Any = False) -> None:
     """Raise a one-line :class:`ConfigError` naming the first option out of its accepted range."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"wildcat: num_classes must be an integer >= 1, got {num_classes!r}")
@@ -35,6 +35,8 @@ def check_options(num_classes: int, maps_per_class: Any, kmax: Any, kmin: Any, a
         raise ConfigError(f"wildcat: dropout must be in [0, 1), got {dropout!r}")
     if backbone_args is not None and not isinstance(backbone_args, Mapping):
         raise ConfigError(f"wildcat: backbone_args must be a dict of timm model arguments, got {backbone_args!r}")
+    if not isinstance(halve, bool):
+        raise ConfigError(f"wildcat: halve must be true or false, got {halve!r}")
 
 
 def _check_k(name: str, k: Any, allow_zero: bool) -> None:
@@ -53,8 +55,9 @@ class Wildcat(nn.Module):
     transfer layer (1x1 conv to ``num_classes * maps_per_class`` maps) ->
     class-wise pooling (mean of each class's M maps) = class maps
     ``[B, C, h, w]`` -> spatial pooling (mean of the ``kmax`` highest regions
-    plus ``alpha`` x mean of the ``kmin`` lowest) = scores ``[B, C]``.
-    Trained with the multi-label soft-margin loss on image-level labels.
+    plus ``alpha`` x mean of the ``kmin`` lowest, divided by 2 when ``halve``
+    is set and the min term is on, as the authors' ``WildcatPool2dFunction``)
+    = scores ``[B, C]``. Trained with the multi-label soft-margin loss on image-level labels.
     """
 
     def __init__(
@@ -72,15 +75,18 @@ class Wildcat(nn.Module):
         kmin: float | None = None,
         alpha: float = 0.7,
         dropout: float = 0.0,
+        halve: bool = False,
     ) -> None:
         super().__init__()
-        check_options(num_classes, maps_per_class, kmax, kmin, alpha, dropout, backbone_args)
+        check_options(num_classes, maps_per_class, kmax, kmin, alpha, dropout, backbone_args, halve)
         self.num_classes = num_classes
         self.backbone, channels = feature_backbone(
             "wildcat", backbone, out_index, output_stride, pretrained, weights, backbone_args
         )
         self.head = ClassMapHead(channels, num_classes, maps_per_class, dropout=float(dropout))
         self.pool = WeldonPool2d(kmax, kmax if kmin is None else kmin, float(alpha))
+        # halve: wildcat.pytorch divides (max + alpha x min) by 2 when the min term is on (wildcat/pooling.py:41-43)
+        self.halve = halve and self.pool.kmin != 0 and self.pool.alpha != 0
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised images -> class maps ``[B, C, h, w]`` (after class-wise pooling)."""
@@ -89,7 +95,8 @@ class Wildcat(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled scores ``[B, C]`` and class maps ``[B, C, h, w]``."""
         maps = self.class_maps(images)
-        return self.pool(maps), maps
+        scores = self.pool(maps)
+        return (scores / 2 if self.halve else scores), maps
 
     def loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """Multi-label soft-margin loss (BCE with logits averaged over classes and images).

@@ -43,7 +43,8 @@ def test_spec_is_registered_from_the_entry_point_with_the_papers_values():
     paper = spec.recipes["paper"]
     assert paper.model["backbone"] == "resnet101" and paper.model["pretrained"] is True
     assert (paper.model["maps_per_class"], paper.model["kmax"], paper.model["kmin"], paper.model["alpha"]) == (
-        4, 0.2, 0.2, 0.7)
+        8, 0.2, 0.2, 0.7)  # the authors' VOC 2007 demo (wildcat.pytorch README.md:25)
+    assert paper.model["halve"] is True and spec.options["halve"] is False
     assert paper.train["batch_size"] == 16 and paper.train["eval_size"] == 448
     for recipe in spec.recipes.values():
         assert set(recipe.model) <= set(spec.options)
@@ -177,3 +178,21 @@ def test_labels_of_the_wrong_size_are_a_data_error():
     images, _ = batch(2)
     with pytest.raises(DataError, match="labels have shape"):
         model.loss(images, [{"labels": torch.zeros(C + 1)}] * 2)
+
+
+
+def test_halve_divides_max_plus_alpha_min_by_two_as_the_authors_pooling():
+    """A hand-made 2x2 map [[4, -2], [1, 0]]: k+ = k- = 1, alpha 0.7 -> 4 + 0.7 x (-2) = 2.6; halved 1.3."""
+    maps = torch.tensor([[4.0, -2.0], [1.0, 0.0]]).expand(1, C, 2, 2)
+    for halve, expected in [(False, 2.6), (True, 1.3)]:
+        model = build(kmax=1.0, kmin=1.0, alpha=0.7, halve=halve).eval()
+        model.class_maps = lambda images: maps  # the pooling alone, on the hand-made map
+        scores, _ = model(torch.zeros(1, 3, 32, 32))
+        torch.testing.assert_close(scores, torch.full((1, C), expected))
+    # no min term (kmin 0 or alpha 0): the authors' code does not halve either (wildcat/pooling.py:41-43)
+    for options in ({"kmin": 0}, {"kmin": 1.0, "alpha": 0.0}):
+        model = build(kmax=1.0, halve=True, **options).eval()
+        model.class_maps = lambda images: maps
+        torch.testing.assert_close(model(torch.zeros(1, 3, 32, 32))[0], torch.full((1, C), 4.0))
+    with pytest.raises(ConfigError, match="halve must be true or false"):
+        build(halve=1)

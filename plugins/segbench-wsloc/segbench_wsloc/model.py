@@ -39,7 +39,7 @@ class WSLoc(nn.Module):
         super().__init__()
         o = check_options(num_classes, options)
         self.num_classes = num_classes
-        self.region, self.beam, self.steps, self.step = o["region"], o["beam"], o["steps"], o["step"]
+        self.region, self.beam, self.steps, self.step = o["region"], o["beam"], o["beam_steps"], o["step"]
         self.min_size, self.top_classes, self.max_boxes = o["min_size"], o["top_classes"], o["max_boxes"]
         self.nms_iou, self.background = o["nms_iou"], o["background"]
         self.backbone = timm_features(o["backbone"], o["out_index"], o["backbone_args"], pretrained=o["pretrained"],

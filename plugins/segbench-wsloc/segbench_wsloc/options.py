@@ -54,7 +54,7 @@ def check_options(num_classes: int, options: Mapping[str, Any]) -> dict[str, Any
     o["dropout"] = check_float("dropout", o["dropout"], 0.0, 0.99)
     o["region"] = check_choice("region", o["region"], REGIONS)
     o["beam"] = check_int("beam", o["beam"], 1, 64)
-    o["steps"] = check_int("steps", o["steps"], 0, 1000)
+    o["beam_steps"] = check_int("beam_steps", o["beam_steps"], 0, 1000)
     o["step"] = check_int("step", o["step"], 1, 64)
     o["min_size"] = check_int("min_size", o["min_size"], 1, 256)
     o["top_classes"] = check_int("top_classes", o["top_classes"], 0, num_classes)

@@ -195,7 +195,7 @@ def test_classes_not_searched_get_their_shifted_class_activation_map():
 @pytest.mark.parametrize(
     "options, message",
     [({"beam": 0}, "beam must be an integer in [1, 64], got 0"),
-     ({"steps": -1}, "steps must be an integer in [0, 1000], got -1"),
+     ({"beam_steps": -1}, "beam_steps must be an integer in [0, 1000], got -1"),
      ({"step": 0}, "step must be an integer in [1, 64], got 0"),
      ({"min_size": 0}, "min_size must be an integer in [1, 256], got 0"),
      ({"top_classes": 6}, "top_classes must be an integer in [0, 5], got 6"),

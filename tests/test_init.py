@@ -1,0 +1,99 @@
+"""``--init RUN_ID|FILE``: FCN-16s staged from a finished FCN-32s run, and every refusal in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from segbench.cli import main
+from segbench.plugins import get_registry
+
+TINY = ["--set", "steps=2", "--set", "image_size=32", "--set", "num_train=4", "--set", "num_val=2",
+        "--set", "batch_size=2", "--set", "fc_channels=16", "--set", "fc_kernel=1", "-q"]
+
+
+def segbench(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def fcn32s_run(tmp_path_factory):
+    from segbench.engine.config import parse_overrides
+    from segbench.engine.run import run_experiment
+
+    runs = tmp_path_factory.mktemp("runs")
+    overrides = parse_overrides([TINY[i + 1] for i in range(0, len(TINY) - 1, 2)])
+    outcome = run_experiment("fcn32s", "shapes", overrides=overrides, runs=runs, progress=False)
+    return runs, outcome.record
+
+
+def _record_of(out: str) -> dict:
+    """The record whose path the run printed last."""
+    line = [line for line in out.splitlines() if line.startswith("record: ")][-1]
+    return json.loads(open(line.split("record: ", 1)[1]).read())
+
+
+def _records(runs) -> list[str]:
+    return sorted(p.name for p in runs.glob("*.json"))
+
+
+def test_fcn16s_starts_from_a_finished_fcn32s_run(fcn32s_run, capsys):
+    """The staged protocol: every FCN-32s tensor FCN-16s has is copied; its pool4 skip keeps its initialisation."""
+    from safetensors.torch import load_file
+
+    from segbench.engine.init import InitSource, apply_init
+
+    runs, source = fcn32s_run
+    code, out, err = segbench(capsys, "run", "--method", "fcn16s", "--init", source["run_id"][:8],
+                              "--runs-dir", str(runs), *TINY)
+    assert code == 0, err
+    assert "init: " in err and "score_pool4" in err
+    record = _record_of(out)
+    assert record["config"]["train"]["init"] == source["run_id"][:8]
+    assert record["init"]["identity"] == f"run:{source['run_id']}" and record["init"]["loaded"] > 10
+    assert any(k.startswith("score_pool4") for k in record["init"]["kept"])
+    weights = load_file(str(runs / source["weights"]))
+    spec = get_registry().method("fcn16s")
+    options = {**spec.options, **spec.recipes["quick"].model, "fc_channels": 16, "fc_kernel": 1}
+    model = spec.build(len(get_registry().dataset("shapes").classes), **options)
+    report = apply_init(model, InitSource("x", runs / source["weights"], "run:x"))
+    state = model.state_dict()
+    assert report.loaded and all(torch.equal(state[k], weights[k]) for k in report.loaded)
+    # the same weights given as a file are the same start: the same config_id (the run is reused)
+    code, out, err = segbench(capsys, "run", "--method", "fcn16s", "--init", str(runs / source["weights"]),
+                              "--runs-dir", str(runs), *TINY)
+    assert code == 0 and "identical run already finished" not in out  # a path is hashed by its bytes
+    assert _record_of(out)["init"]["identity"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("init, message", [
+    ("0123abcd", "--init 0123abcd: no such weights file, and no run with that id"),
+    ("mismatch", "has shape"),
+    ("foreign", "none of the"),
+])
+def test_bad_init_is_one_line_and_leaves_no_record(fcn32s_run, tmp_path, capsys, init, message):
+    runs, source = fcn32s_run
+    from safetensors.torch import load_file, save_file
+
+    if init == "mismatch":  # the FCN-32s weights with one tensor of another shape
+        weights = load_file(str(runs / source["weights"]))
+        key = next(k for k in weights if k.endswith("weight") and weights[k].dim() == 4)
+        weights[key] = torch.zeros(1, 1, 1, 1)
+        init = str(tmp_path / "bad.safetensors")
+        save_file(weights, init)
+    elif init == "foreign":
+        init = str(tmp_path / "other.safetensors")
+        save_file({"encoder.conv.weight": torch.zeros(2, 2)}, init)
+    before = _records(runs)
+    code, out, err = segbench(capsys, "run", "--method", "fcn16s", "--init", init, "--runs-dir", str(runs), *TINY)
+    assert code != 0 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _records(runs) == before
