@@ -67,7 +67,9 @@ class Recipe:
     segbench's own choice says ``"deviation: ..."``. ``deviations`` lists, one
     line each, where the recipe knowingly differs from its paper (backbone,
     pretraining data, schedule, a missing stage); runs record them and the
-    leaderboard prints them as footnotes.
+    leaderboard prints them as footnotes. ``requires_init`` says what a
+    staged recipe starts from (``"a finished fcn32s run"``): a run of it
+    without ``--init`` is refused with that text.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Recipe:
     postprocess_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     deviations: tuple[str, ...] = ()
+    requires_init: str = ""
 
     def __post_init__(self) -> None:
         names = (self.postprocess,) if isinstance(self.postprocess, str) else tuple(self.postprocess)

@@ -97,3 +97,16 @@ def test_bad_init_is_one_line_and_leaves_no_record(fcn32s_run, tmp_path, capsys,
     assert code != 0 and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert _records(runs) == before
+
+
+def test_the_staged_fcn_recipes_need_init_and_follow_the_references(capsys, tmp_path):
+    """voc-fcn16s / voc-fcn8s: from the coarser net, lr 1e-12 / 1e-14, 100k iterations, no skip scaling."""
+    registry = get_registry()
+    for name, lr in (("fcn16s", 1e-12), ("fcn8s", 1e-14)):
+        staged = registry.method(name).recipes["staged"]
+        assert staged.train["lr"] == lr and staged.train["steps"] == 100_000
+        assert "pool4_scale" not in staged.model and staged.model["loss_reduction"] == "sum"
+    code, out, err = segbench(capsys, "run", "--method", "fcn16s", "--recipe", "staged", "--runs-dir",
+                              str(tmp_path), "-q")
+    assert code != 0 and "recipe 'fcn16s:staged' starts from a finished fcn32s run" in err and "--init" in err
+    assert not list(tmp_path.glob("*.json"))

@@ -197,3 +197,17 @@ def test_a_paper_recipe_on_trainaug_without_sbd_names_the_split_and_how_to_get_i
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "'trainaug'" in err and "SBD" in err and "--set download=true" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_list_methods_recipes_prints_each_paper_recipes_deviations(capsys):
+    from segbench.cli import main
+
+    try:
+        main(["list", "methods", "--recipes"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    out = capsys.readouterr().out
+    for name, spec in REGISTRY.methods.items():
+        assert f"  {name} " in out
+        for number, line in enumerate(spec.recipes["paper"].deviations, 1):
+            assert f"deviation {number}: {line}" in out, name

@@ -283,6 +283,9 @@ def run_experiment(
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
+    needs = method_spec.recipes[recipe].requires_init
+    if needs and not config.train.init:
+        raise ConfigError(f"recipe '{method}:{recipe}' starts from {needs}: pass --init RUN_ID (or a weights file)")
     same_split = check_train_split(training_split(config, dataset_spec), split, dataset_spec)
     from segbench.results.store import RunStore
 

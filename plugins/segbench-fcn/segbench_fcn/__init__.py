@@ -99,7 +99,7 @@ def _paper_deviations(variant: str) -> tuple[str, ...]:
             "pool4 x 0.01).",
             "voc-fcn16s is staged: from a trained FCN-32s, lr 1e-12, 100k iterations, no pool4 scaling "
             "(voc-fcn16s/solve.py:14).",
-            "Staged training from FCN-32s: run fcn32s, then --init RUN_ID.",
+            "Staged training: the `staged` recipe (voc-fcn16s: lr 1e-12, 100k) with --init a finished fcn32s run.",
         ]
     if variant == "8s":
         lines.append("At-once FCN-8s (voc-fcn8s-atonce, 65.4 seg11valid); the headline voc-fcn8s (65.5) is staged "
@@ -151,6 +151,30 @@ def _recipes(variant: str) -> list[Recipe]:
     ]
 
 
+_STAGED = {  # the PAMI staged protocol: each net from the trained coarser one (voc-fcn16s, voc-fcn8s)
+    "16s": {"lr": 1e-12, "from": "fcn32s"},
+    "8s": {"lr": 1e-14, "from": "fcn16s"},
+}
+
+
+def _staged_recipe(variant: str) -> Recipe:
+    """``staged``: voc-fcn16s / voc-fcn8s, started with ``--init`` from a finished run of the coarser net."""
+    stage, d = _STAGED[variant], f"voc-fcn{variant}"
+    return Recipe(
+        "staged",
+        f"GPU: FCN-{variant} staged as the reference {d}: --init a finished {stage['from']} paper run, lr "
+        f"{stage['lr']:g}, 100000 iterations, no skip scaling; otherwise as the paper recipe",
+        train={**_PAPER_TRAIN, "steps": 100_000, "lr": stage["lr"]},
+        model=dict(_PAPER_MODEL),
+        sources={**_paper_sources("32s"), "steps": f"{_REF} {d}/solve.py:30-31 (100,000 iterations)",
+                 "lr": f"{_REF} {d}/solver.prototxt:10 (base_lr {stage['lr']:g})",
+                 "pool4_scale": f"{_REF} {d}/net.py (no scaling layers)"},
+        deviations=tuple(line.replace("voc-fcn32s", d) for line in _paper_deviations("32s")),
+        requires_init=f"a finished {stage['from']} run (PAMI staged training: segbench run --method "
+                      f"{stage['from']} --recipe paper, then --init ITS_RUN_ID)",
+    )
+
+
 def _build(variant: str):
     def build(num_classes: int, **options: Any):
         from segbench_fcn.model import FCN
@@ -178,7 +202,7 @@ def method_specs() -> list[MethodSpec]:
             supervision="pixel",
             outputs={"mask", "score_maps", "scores"},
             options=dict(OPTIONS),
-            recipes=_recipes(variant),
+            recipes=_recipes(variant) + ([_staged_recipe(variant)] if variant in _STAGED else []),
             description=_DESCRIPTIONS[variant],
             paper=PAPER,
             late_options={"lr_mults": "head"},
