@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -67,8 +68,17 @@ class TrainConfig:
         for key in ("steps", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        for key in ("workers", "threads", "warmup_steps", "crop_size", "eval_size", "log_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
+        for key in ("weight_decay", "momentum", "grad_clip", "head_lr_mult"):
+            if not 0 <= getattr(self, key) < math.inf:
+                raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
+        if not 0 < self.scale_min <= self.scale_max < math.inf:
+            raise ConfigError(f"scale_min and scale_max must satisfy 0 < scale_min <= scale_max, got "
+                              f"{self.scale_min} and {self.scale_max}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every}")
         one = isinstance(self.milestones, (str, int, float, bool)) or not hasattr(self.milestones, "__iter__")
@@ -277,11 +287,20 @@ def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict
 
 
 def _coerce(default: Any, value: Any, key: str) -> Any:
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise ConfigError(f"--set {key} expects true or false, got {value!r}")
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    """``value`` of the type of ``default``: true/false for a bool, a finite number for a number (an integer for an
+    int); anything else is a one-line ConfigError naming the key and the value."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"--set {key} expects true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ConfigError(f"--set {key} expects {kind}, got {value!r}")
+    if isinstance(default, (int, float)) and not math.isfinite(value):
+        raise ConfigError(f"--set {key} expects a finite number, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int):
         return float(value)
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+    if isinstance(default, int) and isinstance(value, float):
         if value.is_integer():
             return int(value)
         raise ConfigError(f"--set {key} expects an integer, got {value!r}")

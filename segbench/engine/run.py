@@ -389,6 +389,10 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     train_split = training_split(config, dataset_spec)  # built before the id: its files are part of it
     train_set = create_dataset(dataset, train_split, root=root, **config.data)
     validate(train_set)
+    for which, data, name in (("training", train_set, train_split), ("evaluation", eval_set, split)):
+        if len(data) == 0:  # refused before any record, checkpoint or lock
+            raise ConfigError(f"dataset '{dataset}': the {which} split '{name}' is empty"
+                              + (" (num_train=0?)" if which == "training" and dataset == "shapes" else ""))
     train_identity = dataset_identity(train_set, dataset_spec, train_split, config.data)
     identity["train"] = {k: train_identity[k] for k in ("split", "fingerprint", "num_images")}
     identity["train"]["skipped"] = getattr(train_set, "skipped", 0)

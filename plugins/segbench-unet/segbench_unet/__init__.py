@@ -40,7 +40,7 @@ _CPU_TRAIN = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule"
 # end of the contracting path, no batch norm. The learning rate and the number of steps are not in the paper.
 _PAPER_TRAIN = {"steps": 50_000, "batch_size": 1, "optimizer": "sgd", "lr": 1e-2, "momentum": 0.99,
                 "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, "crop_size": 388,
-                "scale_min": 0.5, "scale_max": 2.0, "hflip": True}
+                "scale_min": 1.0, "scale_max": 1.0, "hflip": True, "elastic_alpha": 5400.0, "elastic_sigma": 50.0}
 _PAPER_MODEL = {"depth": 4, "base_channels": 64, "padding": "valid", "batch_norm": False, "dropout": 0.5,
                 "tile_size": 572, "tile_overlap": None, "weight_map": True, "w0": 10.0, "sigma": 5.0}
 
@@ -56,9 +56,14 @@ _PAPER_SOURCES = {
     "schedule": _NOT_GIVEN,
     "warmup_steps": _NOT_GIVEN,
     "crop_size": f"{_PAPER}, Fig. 1 (a 388 x 388 output tile of a 572 x 572 input)",
-    "scale_min": "deviation: random scaling stands in for the paper's elastic deformations (Sec. 3.1)",
-    "scale_max": "deviation: random scaling stands in for the paper's elastic deformations (Sec. 3.1)",
-    "hflip": "deviation: flips stand in for the paper's shift / rotation / elastic augmentation (Sec. 3.1)",
+    "scale_min": f"{_PAPER}, Sec. 3.1 (shift, rotation, deformation and grey-value augmentation; no rescaling)",
+    "scale_max": f"{_PAPER}, Sec. 3.1 (no rescaling)",
+    "hflip": "deviation: flips (with the random crop's shifts) stand in for the paper's shifts and rotations "
+             "(Sec. 3.1)",
+    "elastic_alpha": f"{_PAPER}, Sec. 3.1 (random elastic deformations, displacements of 10 px standard "
+                     "deviation): alpha 5400 gives a 10 px std at sigma 50 (measured on torchvision's field)",
+    "elastic_sigma": "deviation: torchvision's ElasticTransform smoothed by sigma 50 px stands in for the paper's "
+                     "coarse 3 x 3 grid with bicubic interpolation (Sec. 3.1)",
     "depth": f"{_PAPER}, Sec. 2 and Fig. 1 (four 2x2 max-poolings)",
     "base_channels": f"{_PAPER}, Fig. 1 (64 channels at the first level, doubled at each)",
     "padding": f"{_PAPER}, Sec. 2 (unpadded 3x3 convolutions; copies cropped)",
@@ -75,7 +80,8 @@ _PAPER_SOURCES = {
 _PAPER_DEVIATIONS = (
     "`weight_map` computed per training crop (w_c: the crop's class frequencies); the paper pre-computes it per "
     "image, frequencies over the training set.",
-    "No elastic deformations: random scale 0.5-2 (`scale_min`, `scale_max`) and flips (`hflip`) stand in.",
+    "`elastic_sigma`: torchvision's smoothed random field (sigma 50, 10 px std), not the paper's 3 x 3 grid; "
+    "`hflip` stands in for rotations.",
     "`lr`, `steps`, `schedule`, `weight_decay`, `warmup_steps`, `dropout` rate: not given in the paper "
     "(0.01, 50000, constant, 0, 0, 0.5).",
     "Training crops are mirrored at their borders (context not real); the paper trains on large tiles with real "
@@ -105,8 +111,8 @@ RECIPES = [
         "paper",
         "GPU: the paper's U-Net (depth 4, 64 channels, valid padding, no batch norm, drop-out 0.5), 572 px input "
         "tiles -> 388 px outputs (crop 388 mirrored by 92 px), the paper's weight map (w0 10, sigma 5), SGD "
-        "momentum 0.99, batch 1, lr 0.01 (not given in the paper), 50000 steps, random scale and flip (the "
-        "paper's elastic deformations are not available)",
+        "momentum 0.99, batch 1, lr 0.01 (not given in the paper), 50000 steps, elastic deformations "
+        "(10 px std) and flips",
         train=dict(_PAPER_TRAIN),
         model=dict(_PAPER_MODEL),
         sources=dict(_PAPER_SOURCES),

@@ -266,8 +266,111 @@ def test_loss_is_cross_entropy_over_labelled_pixels_and_reaches_every_parameter(
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_all_void_target_gives_zero_loss():
-    model = tiny().train()
+def _dots_mask(h: int, w: int, dots, void=()) -> torch.Tensor:
+    mask = torch.zeros(h, w, dtype=torch.int64)
+    for y, x in dots:
+        mask[y, x] = 1
+    for y, x in void:
+        mask[y, x] = 255
+    return mask
+
+
+def _weights_by_hand(mask: torch.Tensor, dots, w0=10.0, sigma=5.0) -> torch.Tensor:
+    """Eq. 2 of the paper, pixel by pixel, for one-pixel cells at ``dots``: w_c = N / (K n_c), 0 on void."""
+    m = mask.numpy()
+    labelled = m != 255
+    n, classes = labelled.sum(), np.unique(m[labelled])
+    out = np.zeros(m.shape)
+    for y in range(m.shape[0]):
+        for x in range(m.shape[1]):
+            if not labelled[y, x]:
+                continue
+            out[y, x] = n / (len(classes) * (m[labelled] == m[y, x]).sum())
+            if m[y, x] == 0:
+                d1, d2 = sorted(np.hypot(y - cy, x - cx) for cy, cx in dots)[:2]
+                out[y, x] += w0 * np.exp(-(d1 + d2) ** 2 / (2 * sigma**2))
+    return torch.from_numpy(out).float()
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_weight_map_loss_equals_the_papers_weighted_cross_entropy_by_hand(padding):
+    """w(x) at each pixel of the (valid: framed, then trimmed) logits, the same pixel as the mask's."""
+    model = tiny(padding=padding, weight_map=True, w0=10.0, sigma=3.0)
+    x = image(20, 24, b=2)
+    dots = [[(6, 5), (6, 14), (15, 9)], [(10, 4), (10, 18)]]
+    targets = [{"mask": _dots_mask(20, 24, dots[0], void=[(0, 0), (19, 23)])}, {"mask": _dots_mask(20, 24, dots[1])}]
+    with torch.no_grad():
+        logits = model.logits(x, train=True)
+    weights = torch.stack([_weights_by_hand(t["mask"], d, sigma=3.0) for t, d in zip(targets, dots)])
+    torch.testing.assert_close(model.pixel_weights(targets), weights)
+    masks = torch.stack([t["mask"] for t in targets])
+    ce = F.cross_entropy(logits, masks, ignore_index=255, reduction="none")
+    expected = (weights * ce).sum() / (masks != 255).sum()
+    torch.testing.assert_close(model.loss(x, targets)["loss"], expected)
+    shifted = (weights.roll(1, dims=-1) * ce).sum() / (masks != 255).sum()
+    assert not torch.isclose(shifted, expected)  # the map is aligned, not merely of the right size
+    loss = model.train().loss(x, targets)["loss"]
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_weight_map_uses_instance_masks_when_the_target_has_them():
+    model = tiny(weight_map=True)
+    mask = torch.zeros(16, 16, dtype=torch.int64)
+    mask[4:8, 4:12] = 1  # one component; two touching instances
+    instances = torch.zeros(2, 16, 16, dtype=torch.bool)
+    instances[0, 4:8, 4:8] = instances[1, 4:8, 8:12] = True
+    plain, split = model.pixel_weights([{"mask": mask}]), model.pixel_weights([{"mask": mask, "masks": instances}])
+    assert torch.equal(plain[0, mask == 1], split[0, mask == 1])
+    assert (split[0, 2, 8] > plain[0, 2, 8]).item()  # background above the touching border: two cells near
+
+
+def test_weight_map_off_is_the_plain_loss():
+    """Default ``weight_map=False``: the loss is bit for bit the plain mean cross-entropy (no weights computed)."""
+    x = image(24, 20, b=2)
+    g = torch.Generator().manual_seed(2)
+    targets = [{"mask": torch.randint(0, C, (24, 20), generator=g)} for _ in range(2)]
+    targets[1]["mask"][:5] = 255
+    model = tiny()
+    assert model.weight_map is False and UNet(C, base_channels=2).weight_map is False
+    with torch.no_grad():
+        logits = model.logits(x, train=True)
+    masks = torch.stack([t["mask"] for t in targets])
+    plain = F.cross_entropy(logits, masks, ignore_index=255, reduction="sum") / (masks != 255).sum()
+    assert torch.equal(model.loss(x, targets)["loss"], plain)
+    assert torch.equal(tiny(weight_map=False, w0=3.0, sigma=1.0).loss(x, targets)["loss"], plain)
+    # with w(x) = 1 the weighted loss is the same mean
+    from segbench.nn.weight_map import weighted_pixel_loss
+    torch.testing.assert_close(weighted_pixel_loss(logits, masks, torch.ones(masks.shape)), plain)
+
+
+def test_new_options_stay_out_of_the_config_ids_of_the_quick_and_bench_recipes():
+    from segbench.engine.config import identity_dict
+
+    spec = method_specs()[0]
+    assert spec.late_options == {"weight_map": False, "w0": 10.0, "sigma": 5.0}
+    assert all(OPTIONS[k] == v for k, v in spec.late_options.items())
+    for name in ("quick", "bench"):
+        model = {**OPTIONS, **spec.recipes[name].model}
+        assert set(identity_dict({"model": model}, late_options=spec.late_options)["model"]) == \
+            set(OPTIONS) - {"weight_map", "w0", "sigma"}
+    paper = spec.recipes["paper"]
+    assert paper.model["weight_map"] is True and paper.model["w0"] == 10.0 and paper.model["sigma"] == 5.0
+    assert "weight_map" in identity_dict({"model": {**OPTIONS, **paper.model}}, late_options=spec.late_options)["model"]
+
+
+def test_paper_recipe_cites_every_value():
+    from segbench.testing.checks import paper_recipe_problems
+
+    spec = method_specs()[0]
+    assert paper_recipe_problems(spec) == []
+    assert "eq. 2" in spec.recipes["paper"].sources["weight_map"]
+    assert not any(line.startswith("No weight map") for line in spec.recipes["paper"].deviations)
+
+
+@pytest.mark.parametrize("weight_map", [False, True])
+def test_all_void_target_gives_zero_loss(weight_map):
+    model = tiny(weight_map=weight_map).train()
     targets = [{"mask": torch.full((32, 32), 255, dtype=torch.int64)} for _ in range(2)]
     loss = model.loss(image(32, 32, b=2), targets)["loss"]
     assert loss.item() == 0.0
@@ -288,6 +391,9 @@ def test_all_void_target_gives_zero_loss():
         ({"depth": 0}, "depth must be an integer"),
         ({"base_channels": 0}, "base_channels must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be in"),
+        ({"weight_map": 1}, "weight_map must be true or false"),
+        ({"w0": -1.0}, "w0 must be a number >= 0"),
+        ({"sigma": 0.0}, r"sigma must be a number > 0"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options, message):
