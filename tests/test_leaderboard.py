@@ -285,3 +285,19 @@ def test_a_paper_recipes_deviations_are_numbered_footnotes_under_its_row():
                                     "[2] deviation from the paper: 500 steps, not 20 epochs"]
     assert "[2] deviation from the paper: 500 steps" in board.render("md")
     assert "WILDCAT [" not in board.render("md")
+
+
+def test_the_output_format_follows_the_suffix_and_an_unknown_suffix_is_refused(tmp_path):
+    from segbench.results.leaderboard import format_for, write_leaderboard
+
+    assert [format_for(n) for n in ("t.md", "t.CSV", "t.tex", "t.latex")] == ["md", "csv", "latex", "latex"]
+    with pytest.raises(ConfigError, match=r"t.xlsx: cannot tell the table format from the suffix '.xlsx'"):
+        format_for("t.xlsx")
+    store = RunStore(tmp_path / "runs")
+    store.write(rec())
+    with pytest.raises(ConfigError, match="--format"):
+        write_leaderboard(tmp_path / "runs", tmp_path / "t.xlsx")
+    assert not (tmp_path / "t.xlsx").exists()
+    out = write_leaderboard(tmp_path / "runs", tmp_path / "t.xlsx", fmt="csv")  # --format says it outright
+    assert out.read_text().startswith("Method")
+    assert write_leaderboard(tmp_path / "runs", tmp_path / "t.csv").read_text().count(",") >= 1

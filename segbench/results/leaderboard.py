@@ -436,10 +436,17 @@ def leaderboard(
     return board.render(fmt)
 
 
+SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".txt": "md", ".csv": "csv", ".tex": "latex", ".latex": "latex"}
+
+
 def format_for(path: str | os.PathLike) -> str:
-    """``md``, ``csv`` or ``latex`` from a file name (``.md``, ``.csv``, ``.tex``); ``md`` otherwise."""
+    """``md``, ``csv`` or ``latex`` from a file name (``.md``, ``.csv``, ``.tex``); a ConfigError for any other
+    suffix (say ``--format``)."""
     suffix = Path(path).suffix.lower()
-    return {".csv": "csv", ".tex": "latex", ".latex": "latex"}.get(suffix, "md")
+    if suffix not in SUFFIX_FORMATS:
+        raise ConfigError(f"{path}: cannot tell the table format from the suffix {suffix or '(none)'!r}; use "
+                          f"{', '.join(sorted(SUFFIX_FORMATS))} or --format {'|'.join(FORMATS)}")
+    return SUFFIX_FORMATS[suffix]
 
 
 def write_leaderboard(
@@ -455,9 +462,10 @@ def write_leaderboard(
     An existing file is kept unless ``overwrite`` (the CLI's ``--force``).
     """
     out = Path(out_path)
+    fmt = fmt or format_for(out)  # an unknown suffix is refused before anything is read or written
     if out.exists() and not overwrite:
         raise LeaderboardError(f"{out} already exists; use --force to overwrite it")
-    text = leaderboard(runs_dir, fmt=fmt or format_for(out), **options)
+    text = leaderboard(runs_dir, fmt=fmt, **options)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
