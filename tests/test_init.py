@@ -110,3 +110,21 @@ def test_the_staged_fcn_recipes_need_init_and_follow_the_references(capsys, tmp_
                               str(tmp_path), "-q")
     assert code != 0 and "recipe 'fcn16s:staged' starts from a finished fcn32s run" in err and "--init" in err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_weights_of_another_architecture_are_one_line_naming_the_first_tensor(tmp_path, capsys):
+    """--weights FILE: a resnet18 file for WELDON's test_resnet backbone, and a file that is not weights."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("resnet18", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    (tmp_path / "text.pth").write_text("root:x:0:0\n")
+    for path, message in ((tmp_path / "r18.safetensors", "tensor 'bn1.weight' is [64] in the file and [32] in the "
+                                                          "model (46 other tensors differ in shape)"),
+                          (tmp_path / "text.pth", "cannot read weights: not a safetensors or torch.save file")):
+        code, out, err = segbench(capsys, "run", "--method", "weldon", "--weights", str(path), "--runs-dir",
+                                  str(tmp_path / "runs"), "-q")
+        assert code != 0 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))

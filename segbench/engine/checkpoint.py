@@ -50,7 +50,8 @@ def read_weights(path: str | os.PathLike) -> dict:
             state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
+        raise DataError(f"{path}: cannot read weights: not a safetensors or torch.save file "
+                        f"({type(exc).__name__}: {first})") from None
     return state
 
 

@@ -39,6 +39,9 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(f"{path}: weights file not found")
+        from segbench.engine.checkpoint import read_weights
+
+        read_weights(path)  # an unreadable file (not weights at all) is one line naming it, before timm reads it
         options["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     elif pretrained:
@@ -51,8 +54,34 @@ def create_backbone(
         raise ConfigError(f"unknown timm backbone '{name}'{hint}")
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
+    except RuntimeError as exc:
+        if weights and "state_dict" in str(exc):  # load_state_dict's list of mismatches: one line
+            raise ConfigError(weights_mismatch(str(exc), Path(weights), name)) from None
+        raise
     except (AssertionError, TypeError, IndexError) as exc:  # timm's own checks of out_indices, strides, kwargs
         raise ConfigError(f"timm backbone '{name}' rejects options {options}: {exc or 'assertion failed'}") from exc
+
+
+def weights_mismatch(message: str, path: Path, name: str) -> str:
+    """torch's ``load_state_dict`` error (hundreds of lines for another architecture) as one line: the first
+    mismatched tensor with its shapes in the file and in the model, and how many others differ."""
+    import re
+
+    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                       r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)", message)
+    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s*\n|\n)", message, re.S)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s*\n|\n)", message, re.S)
+    count = {k: len(re.findall(r'"[^"]+"', m.group(1))) if m else 0 for k, m in (("missing", missing),
+                                                                                 ("unexpected", unexpected))}
+    others = ", ".join(f"{n} {k} keys" for k, n in count.items() if n)
+    if sizes:
+        key, in_file, in_model = sizes[0]
+        rest = len(sizes) - 1
+        tail = "; ".join(x for x in (f"{rest} other tensors differ in shape" if rest else "", others) if x)
+        return (f"{path}: does not fit backbone '{name}': tensor '{key}' is [{in_file}] in the file and [{in_model}] "
+                f"in the model" + (f" ({tail})" if tail else "") + "; --weights must be a file of the same timm model")
+    return f"{path}: does not fit backbone '{name}' ({others or 'state dict mismatch'}); --weights must be a file " \
+           f"of the same timm model"
 
 
 def cached_or_online(name: str, host: tuple[str, int] = HUB_HOST, timeout: float = 2.0) -> str | None:

@@ -34,7 +34,10 @@ _COMMON: dict[str, Any] = {
     "eval_scales": [1.0],  # test-time input scales, probabilities averaged (papers: 0.5 ... 1.75)
     "eval_flip": False,  # also average the left-right flipped input
     "lr_mults": "head",  # head: the whole head at x head_lr_mult | caffe: the prototxt's lr_mult/decay_mult per layer
+    "msc_scales": None,  # DeepLab v2's MSC: input scales (e.g. [1.0, 0.75, 0.5]), score maps max-fused; None = off
 }
+# options added after records existed, at the value that builds the model as before (kept out of config ids)
+LATE_OPTIONS: dict[str, Any] = {"lr_mults": "head", "msc_scales": None}
 _ASPP_V3: dict[str, Any] = {
     "backbone": "resnet101",
     "output_stride": 16,  # training output stride (8, 16 or 32)
@@ -112,7 +115,7 @@ _PAPER: dict[str, dict[str, dict[str, Any]]] = {
     },
     "v2": {
         "model": {"backbone": "resnet101", "pretrained": True, "output_stride": 8, "aspp_rates": [6, 12, 18, 24],
-                  "aspp_channels": 0, "freeze_bn": True, "lr_mults": "caffe"},
+                  "aspp_channels": 0, "freeze_bn": True, "lr_mults": "caffe", "msc_scales": [1.0, 0.75, 0.5]},
         "train": {"steps": 20000, "batch_size": 10, "optimizer": "sgd", "lr": 2.5e-4, "head_lr_mult": 10.0,
                   "momentum": 0.9, "weight_decay": 5e-4, "schedule": "poly", "poly_power": 0.9,
                   "crop_size": 321, "scale_min": 0.5, "scale_max": 1.5, "hflip": True, "train_split": "trainaug"},
@@ -147,7 +150,8 @@ _PAPER_TEXT = {
           "lr 1e-3 (x10 on the head), weight decay 5e-4, batch 20, 321 px crops, 6000 iterations, x0.1 every "
           "2000, on VOC 2012 trainaug where the dataset has it; predictions refined by the dense CRF "
           "(--postprocess none: without)",
-    "v2": "GPU: ImageNet ResNet-101 (batch norm frozen), ASPP-L (6, 12, 18, 24) at output stride 8; SGD momentum "
+    "v2": "GPU: ImageNet ResNet-101 (batch norm frozen), ASPP-L (6, 12, 18, 24) at output stride 8, multi-scale "
+          "inputs (MSC: scales 1, 0.75, 0.5, max fusion, a loss per scale and on the fused map); SGD momentum "
           "0.9, lr 2.5e-4 (x10 on ASPP), poly 0.9, weight decay 5e-4, batch 10, 321 px crops, random scale "
           "0.5-1.5, 20000 iterations, on VOC 2012 trainaug where the dataset has it; predictions refined by the "
           "dense CRF with the v2 release's parameters (--postprocess none: without)",
@@ -166,6 +170,8 @@ _LFOV = "DeepLab-LargeFOV release (copy: corenel/deeplab-public exper/voc12/conf
 _TF = "tensorflow/models research/deeplab/train.py"
 _CRF = ("the v2 release's run_densecrf.sh, as copied in yangyi02/segmentation_attention exper/run_densecrf.sh:21-32 "
         "and talent518/deeplab-public-ver2 exper/run_densecrf.sh:25-36")
+_MSC_PORT = ("kazuto1011/deeplab-pytorch libs/models/msc.py:36-40 and main.py's training loop (a port of the "
+             "Caffe release)")
 _NOT_V2 = "deviation: not verified against the paper (the released ResNet-101 prototxts were not reachable here)"
 
 _PAPER_SOURCES: dict[str, dict[str, str]] = {
@@ -217,6 +223,9 @@ _PAPER_SOURCES: dict[str, dict[str, str]] = {
         "aspp_rates": f"{_V2}, Sec. 4.1.2 and Tab. 3 (ASPP-L: r = 6, 12, 18, 24)",
         "aspp_channels": f"{_NOT_V2}: one 3x3 conv to the classes per branch on ResNet-101 (Fig. 7 shows VGG's)",
         "freeze_bn": f"{_NOT_V2}: ResNet-101 batch norm fixed",
+        "msc_scales": f"{_V2}, Sec. 3.2 and 4.1.2 (MSC: scales 1, 0.75, 0.5 through shared weights, score maps "
+                      f"bilinearly resized to scale 1 and max-fused, in training and testing); the four losses "
+                      f"(each scale and the fused map): {_MSC_PORT}",
         "postprocess.densecrf": f"{_CRF}: MAX_ITER 10, Bi_W 4, Bi_X_STD 49, Bi_R_STD 5, POS_W 3, POS_X_STD 3",
     },
     "v3": {
@@ -274,13 +283,13 @@ _PAPER_DEVIATIONS: dict[str, tuple[str, ...]] = {
         "No multi-scale (MSc) skip classifiers: the paper's best model is DeepLab-MSc-CRF-LargeFOV.",
     ),
     "v2": (
-        "No MSC: the paper feeds scales 1, 0.75 and 0.5, fuses the score maps by max and trains a loss per scale.",
         "No MS-COCO pretraining (`pretrained` is ImageNet only); the paper's best val/test models start from "
         "COCO.",
         _COMMON_DEVIATIONS["resnet"],
         "`lr` 2.5e-4, `crop_size` 321, `hflip`, `freeze_bn`, `aspp_channels` 0: recalled as the released "
         "ResNet-101 setup, not verified.",
-        _COMMON_DEVIATIONS["shrink"],
+        "Each MSC loss on scores upsampled to the label size; the Caffe reference shrinks the labels by 8 "
+        "(LargeFOV train.prototxt:486-496).",
     ),
     "v3": (
         "No second stage: the paper then trains at output stride 8, BN frozen, lr 0.001, 30K steps on VOC 2012 "
@@ -358,7 +367,7 @@ def method_specs() -> list[MethodSpec]:
             recipes=_recipes(version),
             description=_DESCRIPTIONS[version],
             paper=PAPERS[version],
-            late_options={"lr_mults": "head"},
+            late_options=dict(LATE_OPTIONS),
         )
         for version in ("v1", "v2", "v3", "v3plus")
     ]

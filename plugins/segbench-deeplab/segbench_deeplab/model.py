@@ -15,6 +15,7 @@ from torch import nn
 
 from segbench.errors import ConfigError
 from segbench.nn.backbones import cached_or_online
+from segbench.nn.multiscale import multiscale_max, resize_maps
 from segbench_deeplab.backbone import (
     OUTPUT_STRIDES,
     StrideSwitch,
@@ -36,6 +37,12 @@ class DeepLab(nn.Module):
     In training mode the backbone runs at ``output_stride``; in eval mode at
     ``eval_output_stride`` (when given), with the same weights and the atrous
     rates of the head scaled by ``output_stride / eval_output_stride``.
+
+    ``msc_scales`` (DeepLab v2's multi-scale inputs, MSC): the batch also runs
+    at each listed factor through the same weights; the score maps (at the
+    output stride) are resized bilinearly to the scale-1 map and fused by
+    their maximum at each position. Training sums the cross-entropy of each
+    scale's map and of the fused map; prediction uses the fused map.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class DeepLab(nn.Module):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         lr_mults: str = "head",
+        msc_scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if version not in VERSIONS:
@@ -80,7 +88,7 @@ class DeepLab(nn.Module):
                backbone_args=backbone_args, positive={"fc_channels": fc_channels, "fc6_rate": fc6_rate,
                                                       "low_level_channels": low_level_channels,
                                                       "decoder_channels": decoder_channels},
-               fc_kernel=fc_kernel, aspp_channels=aspp_channels, version=version)
+               fc_kernel=fc_kernel, aspp_channels=aspp_channels, version=version, msc_scales=msc_scales)
         self.num_classes = num_classes
         self.version = version
         self.output_stride = output_stride
@@ -88,6 +96,7 @@ class DeepLab(nn.Module):
         self.multi_grid = tuple(multi_grid) if multi_grid else None
         self.eval_scales = tuple(float(s) for s in eval_scales)
         self.eval_flip = bool(eval_flip)
+        self.msc_scales = tuple(float(s) for s in msc_scales) if msc_scales else ()  # () = MSC off
         self.freeze_bn = bool(freeze_bn)
         self.vgg = is_vgg(backbone)
         build = dict(pretrained=pretrained, weights=weights, backbone_args=backbone_args, width=width)
@@ -175,27 +184,54 @@ class DeepLab(nn.Module):
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     # -- network ---------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel class logits ``[B, C, H, W]`` (bilinear upsampling of the head's scores)."""
+    def head_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[B, C, h, w]`` at the head's resolution (the output stride; v3+: the decoder's)."""
         features = self.backbone(images)
         x = features[-1]
         if self.version in ("v1", "v2"):
-            logits = self.head(x)
-        elif self.version == "v3":
-            logits = self.classifier(self.aspp(x))
-        else:
-            logits = self.decoder(self.aspp(x), features[self.low_index])
+            return self.head(x)
+        if self.version == "v3":
+            return self.classifier(self.aspp(x))
+        return self.decoder(self.aspp(x), features[self.low_index])
+
+    def msc_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """MSC: ``(fused, per_scale)`` head logits over ``msc_scales`` (:func:`segbench.nn.multiscale.multiscale_max`):
+        each scale's logits at its own size, and their maximum after bilinear resizing to the scale-1 logits."""
+        return multiscale_max(self.head_logits, images, self.msc_scales)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits ``[B, C, H, W]`` (bilinear upsampling of the head's scores, MSC-fused when on)."""
+        logits = self.msc_logits(images)[0] if self.msc_scales else self.head_logits(images)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     # -- segbench method API -------------------------------------------------------------------
     def loss(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Per-pixel softmax cross-entropy over labelled pixels (255 ignored); 0 when every pixel is 255."""
-        logits = self(images)
-        masks = torch.stack([t["mask"] for t in targets]).to(device=logits.device, dtype=torch.long)
-        if masks.shape[-2:] != logits.shape[-2:]:
-            raise ValueError(f"target masks are {tuple(masks.shape[-2:])}, images {tuple(logits.shape[-2:])}")
+        """Per-pixel softmax cross-entropy over labelled pixels (255 ignored); 0 when every pixel is 255.
+
+        The logits are upsampled (bilinear) to the label size, the masks are
+        never shrunk. With ``msc_scales``: one term per scale
+        (``loss_x1``, ``loss_x0.75``, ... : that scale's logits upsampled to
+        the label size) plus ``loss_fused`` (the max-fused logits), each
+        normalised by the labelled pixels, summed by the engine, as the v2
+        release's four MSC losses.
+        """
+        masks = torch.stack([t["mask"] for t in targets]).to(device=images.device, dtype=torch.long)
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"target masks are {tuple(masks.shape[-2:])}, images {tuple(images.shape[-2:])}")
+        if not self.msc_scales:
+            return {"loss": self._cross_entropy(self(images), masks)}
+        fused, per_scale = self.msc_logits(images)
+        size = masks.shape[-2:]
+        losses = {f"loss_x{scale:g}": self._cross_entropy(resize_maps(logits, size), masks)
+                  for scale, logits in zip(self.msc_scales, per_scale)}
+        losses["loss_fused"] = self._cross_entropy(resize_maps(fused, size), masks)
+        return losses
+
+    @staticmethod
+    def _cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy over the labelled pixels, divided by their number (at least 1)."""
         total = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-        return {"loss": total / (masks != IGNORE_INDEX).sum().clamp(min=1)}
+        return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -242,7 +278,7 @@ class DeepLab(nn.Module):
 
 
 def _check(method: str, *, num_classes, output_stride, eval_output_stride, multi_grid, aspp_rates, eval_scales,
-           dropout, backbone_args, positive, fc_kernel, aspp_channels, version) -> None:
+           dropout, backbone_args, positive, fc_kernel, aspp_channels, version, msc_scales=None) -> None:
     """One-line :class:`ConfigError` naming the option for every malformed value."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"{method}: num_classes must be an integer >= 2, got {num_classes!r}")
@@ -261,6 +297,13 @@ def _check(method: str, *, num_classes, output_stride, eval_output_stride, multi
             isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in eval_scales):
         raise ConfigError(f"{method}: option eval_scales must be a non-empty list of positive numbers, "
                           f"got {eval_scales!r}")
+    if msc_scales is not None and (
+            isinstance(msc_scales, (str, bytes)) or not isinstance(msc_scales, (list, tuple))
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < float("inf")
+                       for s in msc_scales)
+            or len({float(s) for s in msc_scales}) != len(msc_scales)):
+        raise ConfigError(f"{method}: option msc_scales must be a list of distinct positive numbers, or none / [] "
+                          f"(off), got {msc_scales!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"{method}: option dropout must be in [0, 1), got {dropout!r}")
     if backbone_args is not None and not isinstance(backbone_args, Mapping):

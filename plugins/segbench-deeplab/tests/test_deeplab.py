@@ -321,6 +321,9 @@ def test_eval_output_stride_switch_on_v3plus_keeps_the_decoder_rates():
         ("v3", {"multi_grid": [1, 0]}, "option multi_grid must be a list of positive integers"),
         ("v3", {"eval_scales": [1.0, -1]}, "option eval_scales must be a non-empty list of positive numbers"),
         ("v1", {"fc_kernel": 4}, "option fc_kernel must be a positive odd integer"),
+        ("v2", {"msc_scales": [1.0, 0]}, "deeplab_v2: option msc_scales must be a list of distinct positive numbers"),
+        ("v2", {"msc_scales": [1.0, 1]}, "option msc_scales must be a list of distinct positive numbers"),
+        ("v2", {"msc_scales": 0.5}, "option msc_scales must be"),
         ("v3", {"dropout": 1.0}, "option dropout must be in"),
         ("v3plus", {"low_level_stride": 16}, "option low_level_stride=16: backbone 'test_resnet' has no"),
         ("v3", {"backbone": "vgg11", "width": 0.0625}, "rejects options {'zero_init_last': False}"),
@@ -419,3 +422,96 @@ def test_the_v2_paper_recipe_brings_the_v2_release_crf_parameters_and_v1_keeps_i
     chain, _ = postprocess_chain(method, dataset, registry, requested_postprocessors(method, "paper", [], registry))
     config = resolve_config(method, dataset, {}, "paper", {"postprocess.densecrf.theta_alpha": 80}, chain)
     assert config.postprocess["densecrf"]["theta_alpha"] == 80
+
+
+# -- multi-scale inputs (MSC, DeepLab v2) ---------------------------------------------------------------
+MSC = [1.0, 0.75, 0.5]
+
+
+def msc_by_hand(model: DeepLab, images: torch.Tensor):
+    """The v2 MSC by hand: head logits at scales 1, 0.75, 0.5, resized to the scale-1 logits, their maximum."""
+    h, w = images.shape[-2:]
+    per_scale = []
+    for scale in MSC:
+        x = images if scale == 1.0 else F.interpolate(images, size=(round(h * scale), round(w * scale)),
+                                                      mode="bilinear", align_corners=False)
+        per_scale.append(model.head_logits(x))
+    size = per_scale[0].shape[-2:]
+    resized = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in per_scale]
+    return torch.stack(resized).amax(0), per_scale
+
+
+def ce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    up = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    keep = masks != 255
+    return F.cross_entropy(up.permute(0, 2, 3, 1)[keep], masks[keep])
+
+
+def test_msc_is_a_late_option_off_by_default_and_on_in_the_v2_paper_recipe_only():
+    from segbench.engine.config import identity_dict, resolve_config
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    shapes = registry.dataset("shapes")
+    for name in NAMES:
+        spec = registry.method(name)
+        assert spec.options["msc_scales"] is None and spec.late_options == {"lr_mults": "head", "msc_scales": None}
+        for recipe in ("quick", "bench"):  # config ids of the CPU recipes as before the option
+            config = resolve_config(spec, shapes, {}, recipe)
+            assert "msc_scales" not in identity_dict(config.to_dict(), late_options=spec.late_options)["model"]
+        paper = spec.recipes["paper"].model.get("msc_scales")
+        assert paper == (MSC if name == "deeplab_v2" else None), name
+    assert not any("No MSC" in line for line in registry.method("deeplab_v2").recipes["paper"].deviations)
+
+
+def test_msc_off_keeps_the_single_scale_forward_and_loss():
+    model = tiny("v2").eval()
+    images, targets = batch(2, 40, 48)
+    with torch.no_grad():
+        expected = F.interpolate(model.head_logits(images), size=(40, 48), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=0)
+        losses = model.loss(images, targets)
+    assert set(losses) == {"loss"}
+    torch.testing.assert_close(losses["loss"], ce(model.head_logits(images), torch.stack([t["mask"] for t in targets])))
+
+
+def test_msc_loss_is_a_term_per_scale_plus_the_fused_map():
+    model = tiny("v2", msc_scales=MSC).eval()  # eval: batch norm statistics stay fixed between the calls
+    images, targets = batch(2, 48, 64)
+    targets[1]["mask"][:10] = 255
+    masks = torch.stack([t["mask"] for t in targets])
+    with torch.no_grad():
+        losses = model.loss(images, targets)
+        fused, per_scale = msc_by_hand(model, images)
+        single = tiny("v2").eval().loss(images, targets)["loss"]  # the same weights without MSC
+    assert list(losses) == ["loss_x1", "loss_x0.75", "loss_x0.5", "loss_fused"]
+    assert [tuple(p.shape[-2:]) for p in per_scale] == [(6, 8), (5, 6), (3, 4)]  # stride 8 of 48x64, 36x48, 24x32
+    for key, logits in zip(list(losses)[:3], per_scale):
+        torch.testing.assert_close(losses[key], ce(logits, masks))
+    torch.testing.assert_close(losses["loss_fused"], ce(fused, masks))
+    torch.testing.assert_close(losses["loss_x1"], single)  # scale 1's term is the single-scale loss
+    assert len({round(float(v), 6) for v in losses.values()}) == 4  # four different terms
+
+
+def test_msc_predict_is_the_softmax_of_the_fused_max():
+    model = tiny("v2", msc_scales=MSC).eval()
+    images, _ = batch(2, 48, 64)
+    with torch.no_grad():
+        fused, per_scale = msc_by_hand(model, images)
+        logits = F.interpolate(fused, size=(48, 64), mode="bilinear", align_corners=False)
+        plain = tiny("v2").eval().predict(images)
+    assert (fused >= F.interpolate(per_scale[2], size=fused.shape[-2:], mode="bilinear", align_corners=False)).all()
+    torch.testing.assert_close(model(images), logits)
+    predictions = model.predict(images)
+    torch.testing.assert_close(torch.stack([p["score_maps"] for p in predictions]), logits.softmax(1))
+    assert all(torch.equal(p["mask"], p["score_maps"].argmax(0)) for p in predictions)
+    assert not torch.allclose(predictions[0]["score_maps"], plain[0]["score_maps"], atol=1e-4)  # MSC does something
+
+
+def test_msc_training_reaches_every_parameter():
+    model = tiny("v2", msc_scales=MSC).train()
+    images, targets = batch(2, 48, 48)
+    losses = model.loss(images, targets)
+    assert len(losses) == 4 and all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

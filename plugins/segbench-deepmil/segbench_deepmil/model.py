@@ -1,4 +1,5 @@
-"""Deep MIL: conv class maps, global max pooling, per-class log-loss, multi-scale training (Oquab et al., CVPR 2015)."""
+"""Deep MIL: conv class maps, global max pooling, per-class log-loss, multi-scale training and test-time
+max fusion over scales (Oquab et al., CVPR 2015)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from segbench.nn.heads import ClassMapHead
 from segbench.nn.backbones import feature_backbone
 from segbench.nn.checks import check_int, check_number
 from segbench.nn.losses import multilabel_bce
+from segbench.nn.multiscale import max_over_scales, multiscale_max
 
 NAME = "deepmil"
 MAX_SCALE = 4.0
@@ -23,6 +25,16 @@ MAX_SCALE = 4.0
 
 def _is_scale(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= MAX_SCALE
+
+
+def check_eval_scales(eval_scales: Sequence[float]) -> tuple[float, ...]:
+    """Validated test-time scales; one-line :class:`ConfigError` otherwise."""
+    if isinstance(eval_scales, (str, bytes)) or not isinstance(eval_scales, Sequence) or not eval_scales \
+            or not all(_is_scale(s) for s in eval_scales):
+        raise ConfigError(
+            f"{NAME}: eval_scales must be a non-empty list of factors in (0, {MAX_SCALE:g}], got {eval_scales!r}"
+        )
+    return tuple(float(s) for s in eval_scales)
 
 
 def check_scales(train_scales: Sequence[float] | None, train_scale_range: Sequence[float] | None):
@@ -59,7 +71,11 @@ class DeepMIL(nn.Module):
     The loss is the sum over classes of the binary log-loss, averaged over
     images. In training, each batch may be rescaled by one random factor
     (``train_scales``: one of the listed factors; ``train_scale_range``:
-    uniform in ``[low, high]``) before the forward pass.
+    uniform in ``[low, high]``) before the forward pass. In ``predict`` the
+    batch runs at each factor of ``eval_scales`` (resized as in training):
+    the class maps are resized (bilinear) to the scale-1 map size and fused by
+    their elementwise maximum, the scores are the maximum over scales of each
+    scale's global max; ``eval_scales=[1.0]`` is a single pass.
     """
 
     def __init__(
@@ -76,11 +92,13 @@ class DeepMIL(nn.Module):
         dropout: float = 0.0,
         train_scales: Sequence[float] | None = None,
         train_scale_range: Sequence[float] | None = None,
+        eval_scales: Sequence[float] = (1.0,),
     ) -> None:
         super().__init__()
         adapt_channels = check_int(NAME, "adapt_channels", adapt_channels, 0)
         dropout = check_number(NAME, "dropout", dropout, 0.0, low_open=False, high=0.99)
         self.train_scales, self.train_scale_range = check_scales(train_scales, train_scale_range)
+        self.eval_scales = check_eval_scales(eval_scales)
         self.num_classes = num_classes
         self.backbone, channels = feature_backbone(
             NAME, backbone, out_index, output_stride, pretrained, weights, backbone_args
@@ -126,10 +144,26 @@ class DeepMIL(nn.Module):
         scores, _ = self(images)
         return {"loss": multilabel_bce(NAME, scores, targets, reduction="sum")}
 
+    def multiscale(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[B, C]`` and class maps ``[B, C, h, w]`` max-fused over ``eval_scales``.
+
+        Each scale resizes the batch as :meth:`rescale` (bilinear, antialiased
+        when shrinking, never below one feature cell); the maps are resized to
+        the map size at scale 1.0 (bilinear) and fused by their elementwise
+        maximum; the scores are the maximum over scales of each scale's global
+        max (at least the global max of the fused maps, which resizing may
+        smooth). With ``eval_scales == (1.0,)`` this is :meth:`forward`.
+        """
+        maps, per_scale = multiscale_max(self.class_maps, images, self.eval_scales, antialias=True,
+                                         min_size=self.stride)
+        scores = max_over_scales([m.float().flatten(2).amax(-1) for m in per_scale])
+        return scores, maps
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict]:
-        """Per image: ``scores`` ``[C]`` (global max) and ``score_maps`` ``[C, h, w]`` (class maps before pooling)."""
-        scores, maps = self(images)
+        """Per image: ``scores`` ``[C]`` (global max) and ``score_maps`` ``[C, h, w]`` (class maps before pooling),
+        both max-fused over ``eval_scales`` (:meth:`multiscale`)."""
+        scores, maps = self.multiscale(images)
         return [{"scores": s, "score_maps": m} for s, m in zip(scores.float(), maps.float())]
 
 

@@ -46,6 +46,8 @@ def test_spec_is_registered_from_the_entry_point():
     assert "Oquab" in spec.paper and "CVPR 2015" in spec.paper
     paper = spec.recipes["paper"].model
     assert paper["pretrained"] is True and paper["train_scale_range"] == [0.7, 1.4]
+    assert paper["eval_scales"] == [0.7, 1.0, 1.4] and spec.options["eval_scales"] == [1.0]
+    assert spec.late_options == {"eval_scales": [1.0]}
     assert get_registry().plugins["deepmil"].ok
 
 
@@ -125,6 +127,54 @@ def test_multi_scale_loss_trains_and_reaches_every_parameter():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_eval_scales_one_is_the_single_pass_predict():
+    model = build(adapt_channels=8, eval_scales=[1.0]).eval()
+    images = batch(3)[0]
+    with torch.no_grad():
+        scores, maps = model(images)  # the single pass predict returned before eval_scales existed
+    for p, s, m in zip(model.predict(images), scores, maps):
+        assert torch.equal(p["scores"], s.float()) and torch.equal(p["score_maps"], m.float())
+
+
+def test_test_time_scales_max_fuse_the_maps_and_the_scores():
+    model = build(adapt_channels=8, eval_scales=[1.0, 0.5, 2.0]).eval()
+    images = batch(2, size=32)[0]
+    with torch.no_grad():
+        one = model.class_maps(images)  # 8x8
+        half = model.class_maps(F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False,
+                                              antialias=True))  # 4x4
+        double = model.class_maps(F.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False))
+    assert half.shape[-2:] == (4, 4) and double.shape[-2:] == (16, 16)
+    back = [F.interpolate(m, size=(8, 8), mode="bilinear", align_corners=False) for m in (half, double)]
+    fused = torch.maximum(one, torch.maximum(*back))
+    scores = torch.stack([m.flatten(2).amax(-1) for m in (one, half, double)]).amax(0)
+    predictions = model.predict(images)
+    torch.testing.assert_close(torch.stack([p["score_maps"] for p in predictions]), fused)
+    torch.testing.assert_close(torch.stack([p["scores"] for p in predictions]), scores)
+    assert all((p["scores"] >= p["score_maps"].flatten(1).amax(1) - 1e-6).all() for p in predictions)
+    single = build(adapt_channels=8).eval().predict(images)
+    assert not torch.allclose(predictions[0]["scores"], single[0]["scores"])  # the option does something
+    model.train()
+    images, targets = batch(2)
+    loss = model.loss(images, targets)["loss"]  # training ignores eval_scales
+    with torch.no_grad():
+        expected = log_loss(model(images)[0], torch.stack([t["labels"] for t in targets]))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_eval_scales_at_one_stays_out_of_the_config_id():
+    from segbench.engine.config import identity_dict, resolve_config
+
+    registry = get_registry()
+    spec, shapes = registry.method("deepmil"), registry.dataset("shapes")
+    for recipe in ("quick", "bench"):
+        config = resolve_config(spec, shapes, {}, recipe)
+        assert config.model["eval_scales"] == [1.0]
+        assert "eval_scales" not in identity_dict(config.to_dict(), late_options=spec.late_options)["model"]
+    paper = resolve_config(spec, shapes, {}, "paper")
+    assert identity_dict(paper.to_dict(), late_options=spec.late_options)["model"]["eval_scales"] == [0.7, 1.0, 1.4]
+
+
 @pytest.mark.parametrize(
     "options, match",
     [({"train_scales": []}, r"deepmil: train_scales must be a non-empty list of factors in \(0, 4\] or none"),
@@ -134,6 +184,8 @@ def test_multi_scale_loss_trains_and_reaches_every_parameter():
      ({"train_scale_range": [1.4, 0.7]}, r"train_scale_range must be \[low, high\] with 0 < low <= high <= 4"),
      ({"train_scale_range": [0.7]}, "train_scale_range"), ({"train_scale_range": 1.2}, "train_scale_range"),
      ({"train_scales": [1.0], "train_scale_range": [0.7, 1.4]}, "set train_scales or train_scale_range, not both"),
+     ({"eval_scales": []}, r"deepmil: eval_scales must be a non-empty list of factors in \(0, 4\], got \[\]"),
+     ({"eval_scales": [1.0, 0]}, "eval_scales"), ({"eval_scales": 1.0}, "eval_scales"),
      ({"adapt_channels": -1}, "adapt_channels must be an integer >= 0, got -1"),
      ({"dropout": 1.0}, r"dropout must be a number in \[0, 0.99\]"),
      ({"backbone": "no_such_net"}, "no_such_net"), ({"nope": 1}, "nope")],
