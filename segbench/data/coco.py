@@ -42,7 +42,8 @@ from torchvision import tv_tensors
 
 from segbench.data.builtin import ARCHIVES, COCO_CATEGORIES, OFFICIAL_COUNTS
 from segbench.data.checks import Problem, error, warning
-from segbench.data.files import FileDataset, FileProblem, check_image, need_root, read_rgb, sizes_digest
+from segbench.data.files import (FileDataset, FileProblem, check_image, check_inside, need_root, read_rgb,
+                                  sizes_digest)
 from segbench.errors import ConfigError, DataError
 
 __all__ = ["COCO", "CocoDataset", "semantic_from_rles", "semantic_mask"]
@@ -83,6 +84,10 @@ class CocoDataset(FileDataset):
         self._global: list[Problem] = []
         self._set_classes(categories)
         self.records = sorted(self.coco.imgs)
+        named = [(i, self.coco.imgs[i].get("file_name")) for i in self.records]
+        named = [(i, n) for i, n in named if isinstance(n, str)]
+        check_inside([n for _, n in named], self.image_dir, self.annotation_file, "file_name",
+                     labels=[f"image {i} file_name" for i, _ in named])
         self.image_ids: list[int] = self.records
         self.listed = len(self.records)
         self.official = (official_counts or {}).get(split)

@@ -13,7 +13,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -174,6 +174,38 @@ def read_lines(path: Path, what: str, *, first_token: bool = True) -> list[str]:
         raise FileProblem(path, f"cannot read ({exc})") from None
     lines = (line.strip() for line in text.splitlines())
     return [line.split()[0] if first_token else line for line in lines if line]
+
+
+def check_inside(names: Iterable[str], folder: Path, source: Path, what: str = "id",
+                 labels: Sequence[str] | None = None) -> None:
+    """A :class:`DataError` naming ``source`` and the line (or entry) when one of ``names``, joined to ``folder``,
+    leaves it: an absolute path, a ``..`` step, or a sub-folder that is a symlink out of ``folder``. A symlinked
+    ``folder`` itself and symlinked files are allowed (common for data kept on another disk). ``labels`` name the
+    entries in the message (``image 17627``); else the list's line is found."""
+    base = folder.resolve()
+    for number, name in enumerate(names, 1):
+        parts = Path(name.replace("\\", "/")).parts
+        escapes = Path(name).is_absolute() or ".." in parts
+        if not escapes and len(parts) > 1:  # a sub-folder on the way must stay inside once its links are followed
+            parent = (folder / Path(*parts[:-1])).resolve()
+            escapes = parent != base and base not in parent.parents
+        if escapes:
+            where = labels[number - 1] if labels else _line_of(source, name) or f"{what} {number}"
+            raise DataError(f"{source}: {where}: {name!r} points outside {folder}; every {what} must name a file "
+                            f"inside the dataset root")
+
+
+def _line_of(source: Path, name: str) -> str:
+    """``"line K"`` of the first line of a text list that holds ``name``; "" for other sources."""
+    if source.suffix != ".txt":
+        return ""
+    try:
+        for number, line in enumerate(source.read_text(errors="replace").splitlines(), 1):
+            if name in line:
+                return f"line {number}"
+    except OSError:
+        pass
+    return ""
 
 
 def check_image(path: Path, index: int | None, full: bool) -> tuple[list[Problem], tuple[int, int] | None]:

@@ -42,6 +42,7 @@ from segbench.data.files import (
     FileDataset,
     FileProblem,
     check_image,
+    check_inside,
     file_digest,
     need_root,
     read_lines,
@@ -120,6 +121,7 @@ class MIT67(SceneDataset):
         self.split_source = listing
         # whole lines: a few official names have spaces ("mall/shopping mall.jpg")
         entries = read_lines(listing, f"the MIT67 {split} list", first_token=False)
+        check_inside(entries, folder / "Images", listing, "entry")
         index = {c: i for i, c in enumerate(self.classes)}
         for entry in entries:
             entry = entry.replace("\\", "/")

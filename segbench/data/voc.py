@@ -50,6 +50,7 @@ from segbench.data.files import (
     FileDataset,
     FileProblem,
     check_image,
+    check_inside,
     file_digest,
     mask_size,
     need_root,
@@ -168,6 +169,7 @@ class VOCDataset(FileDataset):
         self.official = (official_counts or {}).get(split)
         self._class_index = {c: i for i, c in enumerate(self.classes) if i != background}
         ids = self._split_ids(sbd_root)
+        check_inside(ids, self.voc_dir / "JPEGImages", Path(self.split_source))
         self.listed = len(ids)
         self.records = [self._record(i) for i in ids]
         if skip_bad:

@@ -1,0 +1,144 @@
+"""Bad input as a new user meets it: each case a non-zero exit, one line naming what is wrong, no traceback,
+and the files under the runs directory and the data exactly as before.
+
+The cases come from a corpus of bad inputs run against the CLI (issue 19); the ones other test files cover in
+depth (records, COCO results, truncated images, sweeps) are there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segbench.cli import main
+
+SHARED = Path(os.environ.get("SEGBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+VOC12 = SHARED / "voc2012" / "VOCdevkit" / "VOC2012"
+COCO = SHARED / "coco"
+needs_shared = pytest.mark.skipif(not VOC12.is_dir() or not COCO.is_dir(), reason="no ../shared/data sample")
+TINY = ["--set", "steps=1", "--set", "image_size=32", "--set", "num_train=4", "--set", "num_val=2", "-q"]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def snapshot(*roots: Path) -> dict[str, int]:
+    """Every file under ``roots`` with its size: what a refused command must leave as it was."""
+    files = {}
+    for root in roots:
+        if root.exists():
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    files[str(path)] = path.stat().st_size
+    return files
+
+
+def refused(capsys, tmp_path, *args, watch=()) -> str:
+    """Run a command that must be refused; returns its one error line."""
+    runs = tmp_path / "runs"
+    before = snapshot(runs, *watch)
+    code, out, err = cli(capsys, *args, "--runs-dir", str(runs)) if args[0] == "run" else cli(capsys, *args)
+    assert code != 0, out
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert snapshot(runs, *watch) == before
+    return lines[0]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("steps=abc", "--set steps expects an integer, got 'abc'"),
+    ("lr=nan", "--set lr expects a number, got 'nan'"),
+    ("lr=inf", "--set lr expects a number, got 'inf'"),
+    ("lr=1e999", "--set lr expects a finite number, got inf"),
+    ("lr=-0.1", "lr must be a positive finite number, got -0.1"),
+    ("threads=-1", "threads must be 0 or more, got -1"),
+    ("workers=-1", "workers must be 0 or more, got -1"),
+    ("batch_size=0", "batch_size must be at least 1, got 0"),
+    ("momentum=-1", "momentum must be a finite number >= 0, got -1.0"),
+    ("scale_min=2", "scale_min and scale_max must satisfy 0 < scale_min <= scale_max"),
+    ("hflip=3", "--set hflip expects true or false, got 3"),
+    ("num_train=0", "dataset 'shapes': the training split 'train' is empty"),
+    ("nonsense=1", "unknown --set key 'nonsense'"),
+])
+def test_a_bad_set_value_is_one_line_and_claims_nothing(capsys, tmp_path, setting, message):
+    line = refused(capsys, tmp_path, "run", "--method", "weldon", *TINY, "--set", setting)
+    assert message in line
+
+
+def test_common_overrides_are_no_longer_ambiguous_or_misnamed(capsys, tmp_path):
+    """``--set steps`` on WSLoc is the training steps (the beam search's is ``beam_steps``)."""
+    code, out, err = cli(capsys, "run", "--method", "wsloc", *TINY, "--set", "batch_size=2", "--runs-dir",
+                         str(tmp_path / "runs"))
+    assert code == 0, err
+    record = json.loads(Path(out.strip().splitlines()[-1].split("record: ", 1)[1]).read_text())
+    assert record["config"]["train"]["steps"] == 1 and "beam_steps" in record["config"]["model"]
+
+
+def test_an_unknown_leaderboard_suffix_is_refused_and_writes_nothing(capsys, tmp_path):
+    line = refused(capsys, tmp_path, "leaderboard", "--runs-dir", str(tmp_path), "-o", str(tmp_path / "t.xlsx"),
+                   watch=[tmp_path])
+    assert "t.xlsx: cannot tell the table format from the suffix '.xlsx'" in line and "--format" in line
+
+
+@needs_shared
+def test_a_voc_list_line_leaving_the_root_names_the_list_and_line(capsys, tmp_path):
+    root = tmp_path / "voc"
+    voc = root / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
+        (voc / sub).symlink_to(VOC12 / sub, target_is_directory=True)
+    shutil.copytree(VOC12 / "ImageSets", voc / "ImageSets")
+    listing = voc / "ImageSets" / "Segmentation" / "train.txt"
+    listing.write_text("2007_000032\n../../../../../outside/evil\n")
+    line = refused(capsys, tmp_path, "run", "--method", "fcn8s", "--dataset", "voc2012", "--recipe", "quick",
+                   "--root", str(root), "-q", watch=[root])
+    assert f"{listing}: line 2: '../../../../../outside/evil' points outside" in line
+    code, out, err = cli(capsys, "data", "check", "voc2012", "--root", str(root), "--split", "train")
+    assert code != 0 and "Traceback" not in err and "line 2: '../../../../../outside/evil' points outside" in out + err
+
+
+@needs_shared
+def test_a_coco_file_name_leaving_the_root_is_refused(capsys, tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / split).symlink_to(COCO / split, target_is_directory=True)
+    data = json.loads((COCO / "annotations" / "instances_val2017.json").read_text())
+    image = data["images"][1]
+    image["file_name"] = "../train2017/" + image["file_name"]
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    shutil.copy(COCO / "annotations" / "instances_train2017.json", root / "annotations")
+    line = refused(capsys, tmp_path, "run", "--method", "weldon", "--dataset", "coco", "--recipe", "quick",
+                   "--root", str(root), "-q", watch=[root])
+    assert f"instances_val2017.json: image {image['id']} file_name: '../train2017/" in line
+    assert "points outside" in line
+
+
+def test_a_mit67_entry_or_a_symlinked_folder_leaving_the_root_is_refused(tmp_path):
+    from segbench.data.files import check_inside
+    from segbench.errors import DataError
+
+    images = tmp_path / "Images"
+    (images / "kitchen").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (images / "escape").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    listing = tmp_path / "TrainImages.txt"
+    listing.write_text("kitchen/a.jpg\nkitchen/../../b.jpg\n")
+    check_inside(["kitchen/a.jpg", "mall/shopping mall.jpg"], images, listing, "entry")  # fine
+    with pytest.raises(DataError, match=r"TrainImages.txt: line 2: 'kitchen/../../b.jpg' points outside"):
+        check_inside(["kitchen/a.jpg", "kitchen/../../b.jpg"], images, listing, "entry")
+    with pytest.raises(DataError, match="points outside"):
+        check_inside(["escape/c.jpg"], images, listing, "entry")
+    with pytest.raises(DataError, match="points outside"):
+        check_inside(["/etc/passwd"], images, listing, "entry")
