@@ -1,12 +1,13 @@
 """Speed of the built-in metrics beside their references, on the same tensors in one run.
 
-    python benchmarks/metrics.py [--repeat 5] [--threads 1]
+    python benchmarks/metrics.py [--repeat 5] [--threads 1] [--miou-threads 1,2]
 
-miou vs torchmetrics MulticlassJaccardIndex, cls_map vs scikit-learn
-average_precision_score, loc_map alone. Times are the best of ``--repeat``
-runs, on one CPU thread by default (``--threads 0`` keeps torch's default):
-on a small shared machine multi-threaded timings swing by 10x. Not a test:
-it prints a table.
+miou vs torchmetrics MulticlassJaccardIndex (at 1 and 2 threads in turn,
+``--miou-threads``; the confusion matrices must be equal), cls_map vs
+scikit-learn average_precision_score, loc_map alone. Times are the best of
+``--repeat`` runs, on one CPU thread by default (``--threads 0`` keeps
+torch's default): on a small shared machine multi-threaded timings swing by
+10x. Not a test: it prints a table.
 """
 
 from __future__ import annotations
@@ -29,32 +30,42 @@ def best_time(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
-def bench_miou(repeat: int) -> list[tuple]:
+def bench_miou(repeat: int, threads: tuple[int, ...] = (1, 2)) -> list[tuple]:
+    """miou update+compute against torchmetrics, at each thread count in turn; the confusion matrices must be equal."""
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    g = torch.Generator().manual_seed(0)
-    c = 21
-    gts = torch.randint(0, c, (8, 512, 512), generator=g)
-    preds = torch.where(torch.rand(gts.shape, generator=g) < 0.7, gts, torch.randint(0, c, gts.shape, generator=g))
-    gts[torch.rand(gts.shape, generator=g) < 0.05] = 255
-    pred_dicts = [{"mask": p} for p in preds]
-    target_dicts = [{"mask": t} for t in gts]
+    rows = []
+    for c, shape, label in ((21, (8, 512, 512), "VOC-sized"), (81, (8, 480, 640), "COCO-sized")):
+        g = torch.Generator().manual_seed(c)
+        gts = torch.randint(0, c, shape, generator=g)
+        preds = torch.where(torch.rand(gts.shape, generator=g) < 0.7, gts, torch.randint(0, c, gts.shape, generator=g))
+        gts[torch.rand(gts.shape, generator=g) < 0.05] = 255
+        pred_dicts = [{"mask": p} for p in preds]
+        target_dicts = [{"mask": t} for t in gts]
 
-    def ours():
-        m = segbench.create_metric("miou", num_classes=c)
-        m.update(pred_dicts, target_dicts)
-        m.compute()
-        return torch.tensor(m.per_class()["miou"], dtype=torch.float64)
+        def ours():
+            m = segbench.create_metric("miou", num_classes=c)
+            m.update(pred_dicts, target_dicts)
+            m.compute()
+            m.per_class()
+            return m.confmat
 
-    def reference():
-        m = MulticlassJaccardIndex(num_classes=c, ignore_index=255, average="none", validate_args=False)
-        m.update(preds, gts)
-        return m.compute().double()
+        def reference():
+            m = MulticlassJaccardIndex(num_classes=c, ignore_index=255, average="none", validate_args=False)
+            m.update(preds, gts)
+            m.compute()
+            return m.confmat
 
-    t_ours, iou_ours = best_time(ours, repeat)
-    t_ref, iou_ref = best_time(reference, repeat)
-    same = bool(torch.allclose(iou_ours, iou_ref, rtol=0, atol=1e-6))
-    return [("miou 8x512x512, 21 cl, void 255 (update+compute)", "torchmetrics", t_ours, t_ref, same)]
+        before = torch.get_num_threads()
+        for n in threads:
+            torch.set_num_threads(n)
+            t_ours, cm_ours = best_time(ours, repeat)
+            t_ref, cm_ref = best_time(reference, repeat)
+            same = bool(torch.equal(cm_ours, cm_ref))
+            case = f"miou {'x'.join(map(str, shape))}, {c} cl, void 255, {n} thr (update+compute)"
+            rows.append((case, "torchmetrics", t_ours, t_ref, same))
+        torch.set_num_threads(before)
+    return rows
 
 
 def bench_cls_map(repeat: int) -> list[tuple]:
@@ -117,17 +128,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--miou-threads", default="1,2", help="thread counts the miou rows run at, in turn")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeat}")
-    rows = bench_miou(args.repeat) + bench_cls_map(args.repeat) + bench_loc_map(args.repeat)
-    print(f"{'case':58} {'segbench':>10} {'reference':>22} {'speed-up':>9}  same values")
+    miou_threads = tuple(int(n) for n in args.miou_threads.split(","))
+    rows = bench_miou(args.repeat, miou_threads) + bench_cls_map(args.repeat) + bench_loc_map(args.repeat)
+    print(f"{'case':66} {'segbench':>10} {'reference':>22} {'speed-up':>9}  same values")
     for case, ref_name, ours, ref, same in rows:
         ref_text = f"{ref_name} {ref * 1e3:.1f} ms" if ref is not None else ""
         ratio = f"{ref / ours:.1f}x" if ref is not None else ""
         same_text = "" if same is None else ("yes" if same else "NO")
-        print(f"{case:58} {ours * 1e3:8.1f} ms {ref_text:>22} {ratio:>9}  {same_text}")
+        print(f"{case:66} {ours * 1e3:8.1f} ms {ref_text:>22} {ratio:>9}  {same_text}")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,14 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
         click.echo(f"identical run already finished: {outcome.path} (use --force to run it again)")
     _print_metrics(record)
     click.echo(f"record: {outcome.path}")
+    _next_steps(record["run_id"], runs_dir)
+
+
+def _next_steps(run_id: str, runs_dir: str | None) -> None:
+    """What a researcher does next with a finished run (on stderr: stdout ends with the record's path)."""
+    where = f" --runs-dir {runs_dir}" if runs_dir else ""
+    click.echo(f"next: segbench leaderboard{where} | segbench show {run_id}{where} -o maps.png | "
+               f"segbench eval {run_id}{where} --split SPLIT", err=True)
 
 
 def _start_torchrun(nproc: int, device: str) -> bool:
@@ -399,8 +407,17 @@ def check_command(method, overrides) -> None:
               help="COCOeval implementation (default: the coco_ap metric's).")
 def coco_eval_command(gt_path, results_path, iou_type, backend) -> None:
     """Score a COCO results file: the twelve COCO numbers per type, as COCOeval.summarize() prints them."""
+    import json
+
     from segbench.metrics.coco import evaluate_files
 
+    try:
+        empty = json.loads(Path(results_path).read_text()) == []
+    except (OSError, ValueError):
+        empty = False  # evaluate_files names the problem
+    if empty:
+        click.echo(f"warning: {results_path} holds no detections: every AP is 0 (or -1 where COCOeval has none)",
+                   err=True)
     for name, evaluation in evaluate_files(gt_path, results_path, iou_type, backend).items():
         click.echo(f"type={name}")
         for line in evaluation.lines():

@@ -26,7 +26,9 @@ Prediction (what ``Method.predict(images)`` returns per image), a dict with any 
                    ``masks`` ``[N, h, w]``
 The engine resizes ``score_maps`` (bilinear) and ``mask`` (nearest) back to the
 image's original size before any metric sees them, then applies the run's
-post-processors (``PostprocessorSpec``) in order.
+post-processors (``PostprocessorSpec``) in order; all C score maps are resized
+only when a metric or post-processor reads them (the class-map rule resizes
+just the classes it keeps).
 """
 
 from __future__ import annotations

@@ -142,3 +142,30 @@ def test_a_mit67_entry_or_a_symlinked_folder_leaving_the_root_is_refused(tmp_pat
         check_inside(["escape/c.jpg"], images, listing, "entry")
     with pytest.raises(DataError, match="points outside"):
         check_inside(["/etc/passwd"], images, listing, "entry")
+
+
+def test_a_missing_runs_directory_is_named_as_such(capsys, tmp_path):
+    missing = tmp_path / "no-such-runs"
+    for args in (("leaderboard",), ("show", "abc123", "-o", str(tmp_path / "x.png")), ("eval", "abc123")):
+        code, out, err = cli(capsys, *args, "--runs-dir", str(missing))
+        assert code != 0 and f"runs directory {missing} does not exist" in err and "Traceback" not in err, args
+    assert not missing.exists()
+    code, out, err = cli(capsys, "leaderboard", "--runs-dir", str(missing), "--published")  # the papers alone
+    assert code == 0 and "(paper" in out
+
+
+@needs_shared
+def test_coco_eval_of_an_empty_results_list_warns(capsys, tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    code, out, err = cli(capsys, "coco-eval", "--gt", str(COCO / "annotations" / "instances_val2017.json"),
+                         "--results", str(tmp_path / "empty.json"), "--iou-type", "bbox")
+    assert code == 0 and "holds no detections" in err and "type=bbox" in out
+
+
+def test_a_finished_run_says_what_to_do_next(capsys, tmp_path):
+    code, out, err = cli(capsys, "run", "--method", "weldon", *TINY, "--set", "batch_size=2", "--runs-dir",
+                         str(tmp_path / "runs"))
+    assert code == 0
+    run_id = json.loads(Path(out.strip().splitlines()[-1].split("record: ", 1)[1]).read_text())["run_id"]
+    assert f"next: segbench leaderboard --runs-dir {tmp_path / 'runs'}" in err
+    assert f"segbench show {run_id}" in err and f"segbench eval {run_id}" in err

@@ -162,5 +162,48 @@ def test_fast_and_checked_histograms_agree():
     gt[torch.rand(5000, generator=g) < 0.2] = 255
     pred = torch.randint(0, 5, (5000,), generator=g)
     m = miou(5)
-    fast, checked = m._histogram(pred, gt), m._histogram_checked(pred, gt)
+    fast, checked = m._histogram([(pred, gt)]), m._histogram_checked(pred, gt)
     assert torch.equal(fast, checked) and int(fast.sum()) == int((gt != 255).sum())
+
+
+def reference_confmat(preds, gts, c, ignore=255):
+    """Image by image, pixel pairs counted with a plain bincount: the matrix as it was summed before batching."""
+    total = torch.zeros((c, c), dtype=torch.int64)
+    for p, g in zip(preds, gts):
+        p, g = torch.as_tensor(p).reshape(-1).long(), torch.as_tensor(g).reshape(-1).long()
+        valid = g != ignore if ignore is not None else torch.ones_like(g, dtype=torch.bool)
+        total += torch.bincount(g[valid] * c + p[valid], minlength=c * c).view(c, c)
+    return total
+
+
+@pytest.mark.parametrize("step", [(1 << 15) - 1, 700, 1])
+def test_a_batch_counted_in_one_pass_equals_image_by_image(step):
+    g = torch.Generator().manual_seed(step)
+    c = 7
+    for ignore in (255, None, -1):
+        preds, gts = [], []
+        for h, w in [(9, 13), (9, 13), (1, 40), (0, 5), (20, 17), (3, 3)]:
+            gt = torch.randint(0, c, (h, w), generator=g)
+            if ignore is not None:
+                gt[torch.rand(gt.shape, generator=g) < 0.15] = ignore
+            preds.append(torch.randint(0, c, (h, w), generator=g))
+            gts.append(gt.to(torch.uint8) if ignore == 255 and h == 9 else gt)  # uint8 targets beside int64
+        m = miou(c, ignore_index=ignore)
+        m.STEP = m.STEP_ONE_THREAD = step
+        update(m, preds, gts)
+        update(m, [preds[4].reshape(-1)], [gts[4].reshape(-1)])  # flat masks, as trimap's bands give them
+        expected = reference_confmat(preds + [preds[4]], gts + [gts[4]], c, ignore)
+        assert torch.equal(m.confmat, expected), ignore
+        assert torch.equal(m.confmat, update(miou(c, ignore_index=ignore), preds, gts).confmat + reference_confmat(
+            [preds[4]], [gts[4]], c, ignore))
+
+
+def test_a_bad_image_in_a_batch_adds_nothing():
+    m = update(miou(3), [[[0, 1]]], [[[0, 1]]])
+    with pytest.raises(DataError, match=r"target mask has class 7"):
+        update(m, [[[0, 1]], [[1, 1]]], [[[0, 1]], [[7, 255]]])
+    with pytest.raises(DataError, match=r"predicted class 5"):
+        update(m, [[[0, 1]], [[1, 5]]], [[[0, 1]], [[1, 2]]])
+    with pytest.raises(DataError, match="predicted mask 1 has shape"):
+        update(m, [[[0, 1]], [[1, 1, 1]]], [[[0, 1]], [[1, 1]]])
+    assert m.confmat.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]

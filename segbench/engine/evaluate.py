@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segbench.engine.data import Normalizer, group_by_size, targets_to
 from segbench.engine.device import autocast
@@ -21,11 +21,13 @@ class EvalResult:
 
 
 def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int],
-                      input_size: tuple[int, int] | None = None) -> dict:
+                      input_size: tuple[int, int] | None = None, *, score_maps: bool = True) -> dict:
     """``score_maps`` bilinearly and ``mask`` (nearest) to ``size`` = (H, W), on the CPU.
 
     ``instances`` follow too: their masks are resized to ``size`` and their
     boxes scaled from ``input_size`` (the size the network saw) to ``size``.
+    ``score_maps=False`` leaves the score maps as they are (at the network's
+    size, on its device), for post-processors that resize what they need.
     """
     import torch
     import torch.nn.functional as F
@@ -33,10 +35,11 @@ def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int],
     out: dict[str, Any] = {}
     for key, value in prediction.items():
         if key == "score_maps":
-            value = value.float()
-            if tuple(value.shape[-2:]) != tuple(size):
-                value = F.interpolate(value[None], size=size, mode="bilinear", align_corners=False)[0]
-        elif key == "mask":
+            if score_maps:
+                value = resize_score_maps(value, size)
+            out[key] = value
+            continue
+        if key == "mask":
             if tuple(value.shape[-2:]) != tuple(size):
                 value = F.interpolate(value[None, None].float(), size=size, mode="nearest")[0, 0]
             value = value.long()
@@ -46,6 +49,53 @@ def resize_prediction(prediction: Mapping[str, Any], size: tuple[int, int],
             value = value.detach().float().cpu() if key != "mask" else value.detach().cpu()
         out[key] = value
     return out
+
+
+def resize_score_maps(maps: Any, size: tuple[int, int], channels: Any = None) -> Any:
+    """``maps`` ``[C, h, w]`` bilinearly to ``size`` = (H, W), float32 on the CPU; only ``channels`` (int64) if given.
+
+    Bilinear resizing is per channel, but torch's CPU kernel depends on the
+    number of channels for small outputs, 1 x 1 or channels-last maps and 3
+    channels on one thread. Only the ``channels`` are resized where the
+    generic kernel runs for them as for all ``C`` (padded to 4 channels, see
+    :func:`_resizes_channels_alike`); elsewhere all are resized, then picked.
+    Either way the values equal those of resizing every channel.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    value = maps.float()
+    if channels is not None:
+        channels = torch.as_tensor(channels, dtype=torch.int64).flatten().cpu()
+    if tuple(value.shape[-2:]) == tuple(size):
+        picked = value if channels is None else value[channels.to(value.device)]
+        return picked.detach().float().cpu()
+    if channels is not None and _resizes_channels_alike(value, size):
+        others = torch.ones(value.shape[0], dtype=torch.bool)
+        others[channels] = False
+        extra = others.nonzero().flatten()[: max(0, 4 - channels.numel())]
+        subset = value[torch.cat([channels, extra]).to(value.device)].contiguous()
+        out = F.interpolate(subset[None], size=size, mode="bilinear", align_corners=False)[0, : channels.numel()]
+    else:
+        out = F.interpolate(value[None], size=size, mode="bilinear", align_corners=False)[0]
+        if channels is not None:
+            out = out[channels.to(out.device)]
+    return out.detach().float().cpu()
+
+
+def _resizes_channels_alike(value: Any, size: tuple[int, int]) -> bool:
+    """True where torch's CPU bilinear kernel gives each channel the same values for any subset of >= 4 channels.
+
+    ``upsample_bilinear2d`` runs its channels-last kernel (vectorised across
+    channels: values depend on C) when H + W <= 128, or the input is
+    channels-last contiguous with C > 3 (1 x 1 maps are), or C == 3 on one
+    thread; otherwise the generic kernel, which computes each output pixel
+    from its four source pixels alone. ``tests/test_postprocess.py`` checks
+    the equality on many shapes.
+    """
+    c, h, w = value.shape
+    return (value.device.type == "cpu" and value.is_contiguous() and c > 4 and h * w > 1
+            and size[0] + size[1] > 128)
 
 
 def resize_instances(instances: Mapping[str, Any], size: tuple[int, int],
@@ -83,7 +133,9 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
 
     Each prediction is resized to its image's original size, then passed
     through ``postprocessors`` in order (``post(image, prediction)``, the
-    uint8 image at its original size), then to the metrics.
+    uint8 image at its original size), then to the metrics
+    (:func:`finish_prediction`). All ``C`` score maps are resized only when
+    a metric or a post-processor needs them (:func:`needs_full_score_maps`).
 
     With several processes (``dist``), each evaluates its shard (a
     :class:`segbench.engine.data.ShardedEvalSampler`); the metric states, the
@@ -97,6 +149,7 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
     for metric in metrics.values():
         metric.reset()
     normalize = Normalizer(mean, std, device, channels_last)
+    full_maps = needs_full_score_maps(metrics.values(), postprocessors)
     count, start, labels = 0, time.perf_counter(), []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress or not dist.is_main,
@@ -109,10 +162,8 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
                     outputs = model.predict(inputs)
                 for i, output in zip(group, outputs):
                     orig = tuple(batch["metas"][i]["orig_size"])
-                    prediction = resize_prediction(output, orig, tuple(inputs.shape[-2:]))
-                    for post in postprocessors:
-                        prediction = post(batch["images"][i], prediction)
-                    predictions[i] = prediction
+                    predictions[i] = finish_prediction(output, batch["images"][i], orig, tuple(inputs.shape[-2:]),
+                                                       postprocessors, full_maps)
             targets = targets_to(batch["targets"], torch.device("cpu"))
             for metric in metrics.values():
                 metric.update(predictions, targets)
@@ -130,6 +181,47 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
         result = collect(metrics, sum(n for n, _ in shards), time.perf_counter() - start)
         result.labels = torch.cat(seen) if seen else None
     return broadcast(result, dist)
+
+
+def finish_prediction(output: Mapping[str, Any], image: Any, size: tuple[int, int], input_size: tuple[int, int],
+                      postprocessors: Sequence[Callable] = (), full_maps: bool = True) -> dict:
+    """One image's prediction at its original ``size``, through the ``postprocessors``, ready for the metrics.
+
+    With ``full_maps`` every class's score map is resized to ``size`` first.
+    Without, ``score_maps`` stay at the network's size (float32, on the CPU)
+    and each post-processor, all of which then have ``lazy_score_maps``
+    (such as ``cam_mask``), resizes the classes it needs. A lazy one is called
+    ``post(image, prediction, size=size, mask_scores=...)``, ``mask_scores``
+    False for the last of the chain (no metric reads them).
+    """
+    prediction = resize_prediction(output, size, input_size, score_maps=full_maps)
+    last = len(postprocessors) - 1
+    for k, post in enumerate(postprocessors):
+        if getattr(post, "lazy_score_maps", False):
+            prediction = post(image, prediction, size=size, mask_scores=k < last)
+        else:
+            prediction = post(image, prediction)
+    if not full_maps and "score_maps" in prediction:
+        prediction = {**prediction, "score_maps": prediction["score_maps"].detach().float().cpu()}
+    return prediction
+
+
+def needs_full_score_maps(metrics: Iterable[Any], postprocessors: Sequence[Callable] = ()) -> bool:
+    """True unless every post-processor has ``lazy_score_maps`` and no metric reads ``score_maps``.
+
+    A metric's needs are its registered spec's ``requires_outputs``, found by
+    the metric's ``name``; a metric without a registered name needs them.
+    """
+    if any(not getattr(post, "lazy_score_maps", False) for post in postprocessors):
+        return True
+    from segbench.plugins import get_registry
+
+    specs = get_registry().metrics
+    for metric in metrics:
+        spec = specs.get(getattr(metric, "name", None))
+        if spec is None or "score_maps" in spec.requires_outputs:
+            return True
+    return False
 
 
 def collect(metrics: Mapping[str, Any], images: int, seconds: float) -> EvalResult:

@@ -27,6 +27,8 @@ class MeanIoU:
 
     name: ClassVar[str] = "miou"
     state_reductions: ClassVar[dict[str, str]] = {"confmat": "sum"}
+    STEP: ClassVar[int] = (1 << 15) - 1  # pixels per piece on a multi-threaded CPU: under ATen's grain (32768)
+    STEP_ONE_THREAD: ClassVar[int] = 1 << 17  # on one thread: no other core to wait for, fewer pieces
 
     def __init__(self, num_classes: int | None = None, ignore_index: int | None = 255,
                  background: int | None = None) -> None:
@@ -64,9 +66,14 @@ class MeanIoU:
         self.confmat = confmat.to(torch.int64)
 
     def update(self, predictions: list[dict], targets: list[dict]) -> None:
-        """Add a batch: ``mask`` [H, W] in each prediction and each target."""
+        """Add a batch: ``mask`` [H, W] in each prediction and each target.
+
+        Every pair is checked first, then the whole batch is counted in one
+        pass (:meth:`_histogram`); a bad value adds nothing of the batch.
+        """
         if len(predictions) != len(targets):
             raise DataError(f"metric 'miou': {len(predictions)} predictions for {len(targets)} targets")
+        pairs = []
         for i, (p, t) in enumerate(zip(predictions, targets)):
             pred = get_tensor(p, "mask", "prediction", self.name)
             gt = get_tensor(t, "mask", "target", self.name).as_subclass(torch.Tensor)
@@ -76,37 +83,66 @@ class MeanIoU:
             if pred.is_floating_point() or pred.dtype == torch.bool or gt.is_floating_point():
                 raise DataError(f"metric 'miou': masks must be integer class maps, got {pred.dtype} "
                                 f"prediction and {gt.dtype} target")
-            counts = self._histogram(pred.reshape(-1).to(torch.int64), gt.reshape(-1).to(pred.device, torch.int64))
-            if self.confmat.device != counts.device:
-                self.confmat = self.confmat.to(counts.device)
-            self.confmat += counts
+            pairs.append((pred.reshape(-1).to(torch.int64), gt.reshape(-1).to(pred.device, torch.int64)))
+        if not pairs:
+            return
+        counts = self._histogram(pairs)
+        if self.confmat.device != counts.device:
+            self.confmat = self.confmat.to(counts.device)
+        self.confmat += counts
 
-    def _histogram(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """Confusion counts ``[C, C]`` of flat int64 masks."""
+    def _histogram(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Confusion counts ``[C, C]`` of flat int64 (prediction, target) masks, in one pass over them all.
+
+        Fast path, when every prediction is a class and every target a class
+        or the ignore index: pixel (g, p) goes to bin g*C + p of one running
+        histogram (ignored pixels land in bins ignore*C .. ignore*C+C-1, which
+        are dropped). On the CPU the pixels go through in pieces of ``STEP``,
+        just under ATen's parallel grain when torch has several threads: each
+        piece's min/max check, add and bincount then run on one thread, in
+        cache, and never wait for another core (ATen's bincount starts with two
+        parallel reductions: one bincount over a whole batch stalls on a busy
+        machine). On one thread the pieces are ``STEP_ONE_THREAD`` long.
+        """
         c, ignore = self.num_classes, self.ignore_index
-        if pred.numel() == 0:
-            return torch.zeros((c, c), dtype=torch.int64, device=pred.device)
-        p_low, p_high = (int(v) for v in torch.aminmax(pred))
-        g_low, g_high = (int(v) for v in torch.aminmax(gt))
-        fast = (p_low >= 0 and p_high < c and g_low >= 0
-                and (g_high < c or (g_high == ignore and (ignore + 1) * c <= 1 << 22)))
-        if not fast:
-            return self._histogram_checked(pred, gt)
-        # Fast path, when every prediction is a class and every target a class or the
-        # ignore index: 4 passes over one image's pixels, no large allocation. Pixel
-        # (g, p) goes to bin g*C + p; ignored pixels land in bins ignore*C .. ignore*C+C-1,
-        # which are dropped.
-        counts = torch.bincount(torch.add(pred, gt, alpha=c, out=self._scratch(pred)), minlength=c * c)
-        if counts.numel() > c * c and counts[c * c:ignore * c].any():
-            self._histogram_checked(pred, gt)  # a target value between C and ignore: raises
-        return counts[: c * c].view(c, c)
+        device = pairs[0][0].device
+        if any(pred.device != device for pred, _ in pairs):
+            return self._histogram_each(pairs)
+        wide = ignore is not None and ignore >= c and (ignore + 1) * c <= 1 << 22
+        total = torch.zeros((ignore + 1) * c if wide else c * c, dtype=torch.int64, device=device)
+        longest = max(pred.numel() for pred, _ in pairs)
+        step = (max(longest, 1) if device.type != "cpu"
+                else self.STEP if torch.get_num_threads() > 1 else self.STEP_ONE_THREAD)
+        scratch = self._scratch(min(longest, step), device)
+        for pred, gt in pairs:
+            for start in range(0, pred.numel(), step):
+                p, g = pred[start:start + step], gt[start:start + step]
+                p_low, p_high = torch.aminmax(p)
+                g_low, g_high = torch.aminmax(g)
+                g_high = int(g_high)
+                if not (int(p_low) >= 0 and int(p_high) < c and int(g_low) >= 0
+                        and (g_high < c or (wide and g_high == ignore))):
+                    return self._histogram_each(pairs)
+                counts = torch.bincount(torch.add(p, g, alpha=c, out=scratch[: p.numel()]), minlength=c * c)
+                total[: counts.numel()] += counts
+        if total.numel() > c * c and total[c * c:ignore * c].any():
+            self._histogram_each(pairs)  # a target value between C and ignore: raises
+        return total[: c * c].view(c, c)
 
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """An int64 buffer of ``like``'s size, kept between images (no large allocation per image)."""
+    def _histogram_each(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Checked counts, pair by pair; raises :class:`DataError` at the first bad value."""
+        c = self.num_classes
+        total = torch.zeros((c, c), dtype=torch.int64, device=pairs[0][0].device)
+        for pred, gt in pairs:
+            total = total + self._histogram_checked(pred, gt).to(total.device)
+        return total
+
+    def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
+        """An int64 buffer of ``numel`` elements, kept between batches (no large allocation per batch)."""
         buffer = self._buffer
-        if buffer is None or buffer.numel() < like.numel() or buffer.device != like.device:
-            buffer = self._buffer = torch.empty(like.numel(), dtype=torch.int64, device=like.device)
-        return buffer[: like.numel()]
+        if buffer is None or buffer.numel() < numel or buffer.device != device:
+            buffer = self._buffer = torch.empty(numel, dtype=torch.int64, device=device)
+        return buffer[:numel]
 
     def _histogram_checked(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """Confusion counts with every value checked; raises :class:`DataError` on a bad one."""
@@ -161,3 +197,4 @@ class MeanIoU:
         values = values.clone()
         values[self.background] = float("nan")
         return values
+

@@ -428,6 +428,9 @@ def leaderboard(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown leaderboard format {fmt!r}; formats: {', '.join(FORMATS)}")
     store = RunStore(runs_dir)
+    if not store.root.is_dir() and not published:  # --published alone still shows the papers' numbers
+        raise LeaderboardError(f"runs directory {store.root} does not exist (--runs-dir or SEGBENCH_RUNS_DIR); "
+                               f"try --published for the papers' numbers alone")
     board = build_leaderboard(
         store.iter_records(on_error=on_error), metric=metric, by=by, dataset=dataset, split=split,
         published=published, percent=percent, decimals=decimals, published_path=published_path,

@@ -161,6 +161,9 @@ class RunStore:
     # -- reading -----------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord:
         """The record of ``run_id``, or of the one run whose id starts with ``run_id`` (a hex prefix)."""
+        if not self.root.is_dir():
+            raise StoreError(f"runs directory {self.root} does not exist (--runs-dir or SEGBENCH_RUNS_DIR); "
+                             f"no run '{run_id}' there")
         if isinstance(run_id, str) and not RUN_ID_RE.match(run_id) and re.fullmatch(r"[0-9a-f]{1,16}", run_id):
             matches = sorted(p for p in self.root.glob(f"{run_id}*.json") if not p.name.startswith("."))
             if len(matches) > 1:
