@@ -248,3 +248,26 @@ def test_first_maximum_matches_flat_argmax_batched_and_single():
     assert torch.equal(conf, flat.values) and torch.equal(index, flat.indices)
     conf, index = first_maximum(maps[1])
     assert torch.equal(conf, flat.values[1]) and torch.equal(index, flat.indices[1])
+
+
+def test_score_maps_of_another_size_than_the_image_are_refused_outside_the_engine():
+    """The issue-19 reproduction: a 47x63 map for a 375x500 image scored 0.0 silently; now it is an error."""
+    from torchvision import tv_tensors
+
+    from segbench.errors import DataError
+    from segbench.plugins import get_registry
+
+    metric = get_registry().metric("loc_map").build(num_classes=2, background=0)
+    maps = torch.zeros(2, 47, 63)
+    maps[1, 40, 60] = 1
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[400.0, 300.0, 500.0, 375.0]]), format="XYXY",
+                                     canvas_size=(375, 500))
+    with pytest.raises(DataError, match=r"score_maps of image 0 are \(47, 63\) but the image is \(375, 500\)"):
+        metric.update([{"score_maps": maps}], [{"boxes": boxes, "classes": torch.tensor([1])}])
+    mask = torch.zeros(375, 500, dtype=torch.long)
+    with pytest.raises(DataError, match="but the image is"):
+        metric.update([{"score_maps": maps}], [{"boxes": boxes.as_subclass(torch.Tensor),
+                                                "classes": torch.tensor([1]), "mask": mask}])
+    full = torch.nn.functional.interpolate(maps[None], size=(375, 500), mode="bilinear")[0]
+    metric.update([{"score_maps": full}], [{"boxes": boxes, "classes": torch.tensor([1])}])
+    assert metric.compute()["loc_map"] == 1.0

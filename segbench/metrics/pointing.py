@@ -62,6 +62,11 @@ class PointingMAP(RowMetric):
         for m in maps:
             if m.dim() != 3 or m.shape[1] == 0 or m.shape[2] == 0:
                 raise DataError(f"metric 'loc_map': score_maps must be [C, H, W], got shape {tuple(m.shape)}")
+        for i, (m, t) in enumerate(zip(maps, targets)):
+            size = image_size_of(t)
+            if size is not None and tuple(m.shape[1:]) != size:
+                raise DataError(f"metric 'loc_map': score_maps of image {i} are {tuple(m.shape[1:])} but the image is "
+                                f"{size}; resize them to the image size first (the engine does)")
         classes = sorted({m.shape[0] for m in maps})
         if len(classes) > 1:
             raise DataError(f"metric 'loc_map': score_maps in one batch have different numbers of classes {classes}")
@@ -147,3 +152,21 @@ def first_maximum(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     width = maps.shape[-1]
     line = torch.gather(maps, -2, row[..., None, None].expand(*row.shape, 1, width)).squeeze(-2)
     return conf, row * width + line.max(dim=-1).indices
+
+
+def image_size_of(target: dict) -> tuple[int, int] | None:
+    """The (H, W) of a target's image where the target says it: the ``canvas_size`` of its ``boxes``
+    (``tv_tensors.BoundingBoxes``), its class ``mask``, or a ``size`` / ``orig_size`` entry; None otherwise."""
+    boxes = target.get("boxes")
+    canvas = getattr(boxes, "canvas_size", None)
+    if canvas is not None:
+        return int(canvas[0]), int(canvas[1])
+    mask = target.get("mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return int(mask.shape[0]), int(mask.shape[1])
+    for key in ("size", "orig_size"):
+        if target.get(key) is not None:
+            height, width = target[key]
+            return int(height), int(width)
+    return None
+
