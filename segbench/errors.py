@@ -36,3 +36,8 @@ class RunFailed(SegbenchError):
 
 class OfflineError(SegbenchError):
     """Pretrained weights were asked for but cannot be downloaded."""
+
+
+class WriteError(SegbenchError, OSError):
+    """A file segbench writes (record, checkpoint, weights, table) could not be written: the path and the reason."""
+

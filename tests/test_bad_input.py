@@ -169,3 +169,27 @@ def test_a_finished_run_says_what_to_do_next(capsys, tmp_path):
     run_id = json.loads(Path(out.strip().splitlines()[-1].split("record: ", 1)[1]).read_text())["run_id"]
     assert f"next: segbench leaderboard --runs-dir {tmp_path / 'runs'}" in err
     assert f"segbench show {run_id}" in err and f"segbench eval {run_id}" in err
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_with_the_path(capsys, tmp_path, monkeypatch):
+    """torch reports ENOSPC as an internal RuntimeError; the user sees the path and "No space left on device"."""
+    import collections
+
+    import torch
+
+    from segbench.engine import checkpoint
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100, 100, 0))
+    code, out, err = cli(capsys, "run", "--method", "weldon", *TINY, "--set", "batch_size=2", "--set",
+                         "checkpoint_every=1", "--runs-dir", str(tmp_path / "runs"))
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code != 0 and "Traceback" not in err
+    assert "cannot write" in lines[-1] and "step-00000001: No space left on device" in lines[-1]
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["status"] == "failed" and "No space left on device" in record["error"]

@@ -11,7 +11,21 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from segbench.errors import DataError
+from segbench.errors import DataError, WriteError
+
+
+def write_failure(path: Path, exc: BaseException) -> WriteError:
+    """One line for a failed write: the path and the reason (``No space left on device`` also where torch or
+    safetensors report a full disk only as an internal error)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) \
+        else type(exc).__name__
+    try:
+        folder = path if path.is_dir() else path.parent
+        if shutil.disk_usage(folder).free < 1 << 20:
+            reason = "No space left on device"
+    except OSError:
+        pass
+    return WriteError(f"cannot write {path}: {reason}")
 
 
 def save_weights(model, path: str | os.PathLike) -> Path:
@@ -19,15 +33,18 @@ def save_weights(model, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(_untie(state), tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # safetensors and torch report a full disk as RuntimeError
+        raise write_failure(path, exc) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
@@ -111,9 +128,12 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model, state: dict,
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", suffix=".tmp", dir=directory))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", suffix=".tmp", dir=directory))
+    except OSError as exc:
+        raise write_failure(final, exc) from None
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(_untie(weights), str(tmp / "model.safetensors"))
@@ -127,6 +147,8 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model, state: dict,
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(directory)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as an internal RuntimeError
+        raise write_failure(final, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -533,8 +533,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                 record.extra["nondeterministic_ops"] = sorted(nondeterministic)
             record.finished_at = _now()
     except (RunFailed, SegbenchError) as exc:
-        _close(store, record, registry, context, "failed", str(exc), claim, dist)
-        exc.args = (f"{exc} (record: {record_path})",)
+        note = _close(store, record, registry, context, "failed", str(exc), claim, dist)
+        exc.args = (f"{exc} (record: {record_path}{note})",)
         raise
     except KeyboardInterrupt as exc:
         message = str(exc) or "interrupted by the user"
@@ -606,18 +606,24 @@ class _nondeterministic_ops:
         self._catcher.__exit__(*exc)
 
 
-def _close(store, record, registry, context, status: str, error: str, claim=None, dist=None) -> None:
+def _close(store, record, registry, context, status: str, error: str, claim=None, dist=None) -> str:
     """Mark the run's record ``failed`` or ``interrupted`` with its reason, and tell the hooks (rank 0 only).
 
-    The checkpoints stay: running the same command again resumes from the last one.
+    The checkpoints stay: running the same command again resumes from the last one. Returns a note for the
+    error message when the record itself could not be written (a full disk), else "".
     """
     if dist is not None and not dist.is_main:
-        return
+        return ""
     record.status, record.error, record.finished_at = status, error, _now()
-    store.write(record)
+    note = ""
+    try:
+        store.write(record)
+    except (SegbenchError, OSError) as exc:  # a full disk: the first error is the one to show
+        note = f"; the record could not be marked {status} either ({exc})"
     if claim is not None and claim.lock is not None:
         claim.lock.release()
     registry.pm.hook.run_finished(run=context, record=record.to_dict())
+    return note
 
 
 def _named(values: Sequence[float], classes: Sequence[str]) -> dict[str, float | None]:
