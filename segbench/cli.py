@@ -309,11 +309,34 @@ def leaderboard_command(metric, by, dataset, split, fmt, output, published, frac
 
     kwargs = dict(metric=metric, by=by, published=published, dataset=dataset, split=split, percent=not fractions,
                   on_error=lambda path, message: click.echo(f"warning: {message}", err=True))
-    if output:
-        path = write_leaderboard(default_runs(runs_dir), Path(output), fmt=fmt, overwrite=force, **kwargs)
-        click.echo(f"wrote {path}")
-    else:
-        click.echo(leaderboard(default_runs(runs_dir), fmt=fmt or "md", **kwargs))
+    try:
+        if output:
+            path = write_leaderboard(default_runs(runs_dir), Path(output), fmt=fmt, overwrite=force, **kwargs)
+            click.echo(f"wrote {path}")
+        else:
+            click.echo(leaderboard(default_runs(runs_dir), fmt=fmt or "md", **kwargs))
+    finally:  # also when no run has finished yet: say which are still going and which are stale
+        _unfinished_note(default_runs(runs_dir))
+
+
+def _unfinished_note(root: Path) -> None:
+    """On stderr: the runs the table leaves out because they are not finished, ``stale`` ones (process gone) apart."""
+    from segbench.engine.checkpoint import run_state
+    from segbench.results.store import RunStore
+
+    store = RunStore(root)
+    if not store.root.is_dir():
+        return
+    states: dict[str, list[str]] = {}
+    for record in store.iter_records(on_error=lambda path, message: None):
+        if record.status != "finished":
+            states.setdefault(run_state(record, store.path_for(record.run_id)), []).append(record.run_id)
+    for state, ids in sorted(states.items()):
+        hint = {"stale": " (its process is gone: run the same command again to resume it)",
+                "running": " (in progress)"}.get(state, " (run the same command again to resume it)")
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        click.echo(f"note: {len(ids)} {state} run{'s' if len(ids) > 1 else ''} not in the table: {shown}{hint}",
+                   err=True)
 
 
 # -- data ----------------------------------------------------------------------

@@ -193,3 +193,28 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_with_the_path(capsys
     assert "cannot write" in lines[-1] and "step-00000001: No space left on device" in lines[-1]
     record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert record["status"] == "failed" and "No space left on device" in record["error"]
+
+
+def test_a_running_record_whose_process_is_gone_is_stale_and_the_next_run_resumes_it(capsys, tmp_path):
+    from segbench.engine.checkpoint import RunLock, run_state, state_dir
+    from segbench.engine.config import parse_overrides
+    from segbench.engine.run import run_experiment
+    from segbench.results.store import RunStore
+
+    runs = tmp_path / "runs"
+    overrides = parse_overrides([TINY[i + 1] for i in range(0, len(TINY) - 1, 2)] + ["batch_size=2"])
+    done = run_experiment("weldon", "shapes", overrides=overrides, runs=runs, progress=False).record
+    store = RunStore(runs)
+    record = store.get(done["run_id"])
+    record.status, record.finished_at = "running", None  # as a killed process leaves it
+    store.write(record)
+    assert run_state(record, store.path_for(record.run_id)) == "stale"
+    lock = RunLock.acquire(state_dir(store.path_for(record.run_id)))  # a live process holds it
+    assert run_state(record, store.path_for(record.run_id)) == "running"
+    lock.release()
+    code, out, err = cli(capsys, "leaderboard", "--runs-dir", str(runs))
+    assert code != 0 and "no finished runs" in err  # the only run is not finished any more
+    assert f"note: 1 stale run not in the table: {record.run_id} (its process is gone" in err
+    again = run_experiment("weldon", "shapes", overrides=overrides, runs=runs, progress=False)
+    assert again.record["run_id"] == record.run_id and again.record["status"] == "finished"
+    assert again.record["resumes"][-1]["previous_status"] == "running"

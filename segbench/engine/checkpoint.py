@@ -9,7 +9,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from segbench.errors import DataError, WriteError
 
@@ -112,6 +112,32 @@ class CheckpointError(DataError):
 def state_dir(record_path: str | os.PathLike) -> Path:
     """The directory of a run's checkpoints and lock: ``{run_id}.ckpt`` beside its record."""
     return Path(record_path).with_suffix(".ckpt")
+
+
+def lock_is_held(directory: str | os.PathLike) -> bool:
+    """Whether a live process holds the run lock in ``directory`` (False when there is no lock at all)."""
+    path = Path(directory) / "lock"
+    if not path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no way to tell; assume alive
+        return True
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def run_state(record: Any, record_path: str | os.PathLike) -> str:
+    """A record's status as a reader should see it: ``stale`` for a ``running`` record whose process is gone (no
+    process holds its lock: killed, out of memory, the machine went down), else its status."""
+    if record.status == "running" and not lock_is_held(state_dir(record_path)):
+        return "stale"
+    return record.status
 
 
 def save_checkpoint(directory: str | os.PathLike, step: int, model, state: dict, keep: int = CHECKPOINT_KEEP) -> Path:
