@@ -218,3 +218,64 @@ def test_a_running_record_whose_process_is_gone_is_stale_and_the_next_run_resume
     again = run_experiment("weldon", "shapes", overrides=overrides, runs=runs, progress=False)
     assert again.record["run_id"] == record.run_id and again.record["status"] == "finished"
     assert again.record["resumes"][-1]["previous_status"] == "running"
+
+
+# -- the cases that already answered well: kept so that they stay so ---------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (("run", "--method", "nosuch"), "unknown method 'nosuch'; known: cam,"),
+    (("run", "--method", "weldon", "--dataset", "nosuch"), "unknown dataset 'nosuch'; known: coco,"),
+    (("run", "--method", "weldon", "--recipe", "nosuch"), "unknown recipe of method 'weldon' 'nosuch'"),
+    (("run", "--method", "weldon", "--metrics", "nosuch"), "unknown metric 'nosuch'; known: accuracy,"),
+    (("run", "--method", "fcn8s", "--dataset", "voc2007", "--root", "/nonexistent"),
+     "method 'fcn8s' learns from pixel-level annotations"),
+])
+def test_unknown_names_and_impossible_pairings(capsys, tmp_path, args, message):
+    assert message in refused(capsys, tmp_path, *args)
+
+
+@needs_shared
+@pytest.mark.parametrize("results, message", [
+    ('[{"image_id": 999999999, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}]',
+     "result 0 (image_id 999999999, category_id 1) has an image_id that is not in"),
+    ('[{"image_id": 6818, "category_id": 1, "bbox": [0, 0, 10, 10], "score": NaN}]',
+     "result 0 (image_id 6818, category_id 1) has score nan, not a finite number"),
+    ('{"images": [', "is not JSON"),
+])
+def test_bad_coco_results(capsys, tmp_path, results, message):
+    path = tmp_path / "results.json"
+    path.write_text(results)
+    line = refused(capsys, tmp_path, "coco-eval", "--gt", str(COCO / "annotations" / "instances_val2017.json"),
+                   "--results", str(path), "--iou-type", "bbox", watch=[tmp_path])
+    assert message in line
+
+
+@needs_shared
+@pytest.mark.parametrize("damage, message", [
+    ("truncated_jpeg", "2007_000033.jpg"),
+    ("malformed_xml", "2007_000033.xml"),
+])
+def test_damaged_voc_files_are_named(capsys, tmp_path, damage, message):
+    root = tmp_path / "voc"
+    voc = root / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    for sub in ("ImageSets", "SegmentationClass", "SegmentationObject", "JPEGImages", "Annotations"):
+        (shutil.copytree if sub in ("ImageSets", "JPEGImages", "Annotations") else
+         lambda a, b: b.symlink_to(a, target_is_directory=True))(VOC12 / sub, voc / sub)
+    if damage == "truncated_jpeg":
+        jpeg = voc / "JPEGImages" / "2007_000033.jpg"
+        jpeg.write_bytes(jpeg.read_bytes()[:2000])
+    else:
+        (voc / "Annotations" / "2007_000033.xml").write_text("<annotation><object><name>cat</name>")
+    line = refused(capsys, tmp_path, "run", "--method", "fcn8s", "--dataset", "voc2012", "--recipe", "quick",
+                   "--root", str(root), "-q", watch=[root])
+    assert message in line
+
+
+def test_a_corrupt_record_is_skipped_with_a_warning_naming_it(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "0123456789abcdef.json").write_text('{"schema_version": 1')
+    code, out, err = cli(capsys, "leaderboard", "--runs-dir", str(runs))
+    assert code != 0 and "Traceback" not in err
+    assert f"skipping {runs / '0123456789abcdef.json'}: not valid JSON" in err
+    assert (runs / "0123456789abcdef.json").read_text() == '{"schema_version": 1'  # never rewritten or removed
