@@ -3,8 +3,8 @@
 Every backbone is a timm ``features_only`` model created through
 :func:`segbench.nn.backbones.create_backbone`. ResNets (and most timm CNNs)
 take ``output_stride`` from timm itself. timm's VGG refuses ``output_stride``
-(a bare ``assert``), so :func:`atrous_vgg` adapts timm's own VGG modules in
-place, as DeepLab-LargeFOV did to VGG16: the pools past the output stride keep
+(a bare ``assert``), so :func:`segbench.nn.vgg.atrous_vgg` adapts timm's own
+VGG modules in place, as DeepLab-LargeFOV did to VGG16: the pools past the output stride keep
 their size (3x3, stride 1, pad 1) and the convolutions after each of them are
 dilated by a further factor 2.
 
@@ -25,14 +25,12 @@ from torch import nn
 
 from segbench.errors import ConfigError
 from segbench.nn.backbones import create_backbone
+from segbench.nn.vgg import atrous_vgg, is_vgg  # shared with other plugins; re-exported here
 
 OUTPUT_STRIDES = (8, 16, 32)
 NET_STRIDE = 32  # the nominal stride of every backbone's last map (timm CNNs)
-
-
-def is_vgg(name: str) -> bool:
-    """True for timm's VGG family (``vgg11`` ... ``vgg19_bn``)."""
-    return name.split(".")[0].startswith("vgg")
+__all__ = ["OUTPUT_STRIDES", "StrideSwitch", "apply_multi_grid", "atrous_vgg", "build_backbone", "is_vgg",
+           "last_stage"]
 
 
 def build_backbone(
@@ -116,29 +114,6 @@ def _scaled_vgg(method: str, name: str, width: float, args: dict) -> nn.Module:
         )
     except TypeError as exc:
         raise ConfigError(f"{method}: backbone '{name}' rejects options {args}: {exc}") from exc
-
-
-def atrous_vgg(model: nn.Module, output_stride: int) -> None:
-    """Make a timm VGG (``features_only``, flattened) give ``output_stride``, in place; weights untouched.
-
-    Walking the layers in order: a 2x2 stride-2 max-pool is kept while the
-    stride stays within ``output_stride``; past it, the pool becomes 3x3,
-    stride 1, pad 1 (DeepLab-LargeFOV's pool4/pool5) and the 3x3 convolutions
-    after it are dilated by a further factor 2. Calling it again with another
-    stride re-derives every layer, so it also switches strides.
-    """
-    stride, dilation = 1, 1
-    for name, layer in list(model.named_children()):
-        if isinstance(layer, nn.MaxPool2d):
-            if stride * 2 <= output_stride:
-                stride *= 2
-                setattr(model, name, nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                dilation *= 2
-                setattr(model, name, nn.MaxPool2d(kernel_size=3, stride=1, padding=1))
-        elif isinstance(layer, nn.Conv2d) and layer.kernel_size[0] > 1:
-            layer.dilation = (dilation, dilation)
-            layer.padding = (dilation * (layer.kernel_size[0] // 2), dilation * (layer.kernel_size[1] // 2))
 
 
 def last_stage(model: nn.Module) -> nn.Module | None:

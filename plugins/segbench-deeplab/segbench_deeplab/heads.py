@@ -3,6 +3,8 @@
 Atrous layers keep their rate at the training output stride in ``rate``;
 :func:`scale_rates` multiplies every rate when the backbone switches to
 another output stride (DeepLab v3 doubles the ASPP rates at output stride 8).
+:class:`AtrousConv2d` and the LargeFOV head live in :mod:`segbench.nn.vgg` (shared
+with other plugins) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,20 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class AtrousConv2d(nn.Conv2d):
-    """A ``k x k`` convolution with dilation ``rate`` and the padding that keeps the size."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rate: int, **kwargs) -> None:
-        pad = rate * (kernel_size // 2)
-        super().__init__(in_channels, out_channels, kernel_size, padding=pad, dilation=rate, **kwargs)
-        self.rate = rate
-
-    def set_scale(self, factor: float) -> None:
-        """Dilate by ``rate * factor`` (rounded, at least 1)."""
-        rate = max(1, int(round(self.rate * factor)))
-        self.dilation = (rate, rate)
-        self.padding = (rate * (self.kernel_size[0] // 2), rate * (self.kernel_size[1] // 2))
+from segbench.nn.vgg import AtrousConv2d, LargeFOVHead  # shared with other plugins; re-exported here
 
 
 def scale_rates(module: nn.Module, factor: float) -> None:
@@ -63,29 +52,6 @@ def _gaussian(conv: nn.Conv2d, std: float = 0.01) -> nn.Conv2d:
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
-
-
-class LargeFOVHead(nn.Module):
-    """DeepLab-LargeFOV's classifier: [pool5a] -> fc6 (3x3, rate 12) -> fc7 (1x1) -> fc8 (1x1 to classes).
-
-    ReLU and dropout follow fc6 and fc7. ``pool5a`` is the reference
-    model's 3x3 stride-1 average pooling after pool5. fc8 starts N(0, 0.01).
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 1024, kernel_size: int = 3,
-                 rate: int = 12, dropout: float = 0.5, pool5a: bool = True) -> None:
-        super().__init__()
-        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1) if pool5a else nn.Identity()
-        self.fc6 = AtrousConv2d(in_channels, channels, kernel_size, rate)
-        self.drop6 = nn.Dropout(dropout)
-        self.fc7 = nn.Conv2d(channels, channels, 1)
-        self.drop7 = nn.Dropout(dropout)
-        self.fc8 = _gaussian(nn.Conv2d(channels, num_classes, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop6(F.relu(self.fc6(self.pool5a(x)), inplace=True))
-        x = self.drop7(F.relu(self.fc7(x), inplace=True))
-        return self.fc8(x)
 
 
 class ASPPSum(nn.Module):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import ConfigError
-from segbench.nn.backbones import cached_or_online
 from segbench.nn.multiscale import multiscale_max, resize_maps
+from segbench.nn.vgg import load_largefov_classifier
 from segbench_deeplab.backbone import (
     OUTPUT_STRIDES,
     StrideSwitch,
@@ -244,7 +244,8 @@ class DeepLab(nn.Module):
 
     # -- pretrained fc6 / fc7 (DeepLab v1) ---------------------------------------------------------
     def _load_vgg_classifier(self, name: str, weights) -> None:
-        """fc6/fc7 from the ImageNet classifier, decimated as in DeepLab v1.
+        """fc6/fc7 from the ImageNet classifier, decimated as in DeepLab v1
+        (:func:`segbench.nn.vgg.load_largefov_classifier`).
 
         timm's VGG keeps fc6/fc7 as convolutions (``pre_logits.fc1`` 7x7x4096,
         ``fc2`` 1x1x4096). Every ``4096 / fc_channels``-th filter (and input of
@@ -252,29 +253,8 @@ class DeepLab(nn.Module):
         per axis (7 -> 3: taps 0, 3, 6), as the paper turns VGG16 into
         LargeFOV. Left randomly initialised when the shapes do not allow it.
         """
-        import timm
-
-        fc6, fc7 = self.head.fc6, self.head.fc7
-        out, k = fc6.out_channels, fc6.kernel_size[0]
-        if 4096 % out or k > 7:
-            return
-        options: dict[str, Any] = {}
-        source = str(weights) if weights else cached_or_online(name)
-        if source:
-            options["pretrained_cfg_overlay"] = dict(file=source)
-        classifier = timm.create_model(name, pretrained=True, **options)
-        fc1 = getattr(getattr(classifier, "pre_logits", None), "fc1", None)
-        fc2 = getattr(getattr(classifier, "pre_logits", None), "fc2", None)
-        if fc1 is None or fc1.weight.shape[:2] != (4096, fc6.in_channels) or fc2.weight.shape[:2] != (4096, 4096):
-            return
-        keep = torch.arange(0, 4096, 4096 // out)
-        taps = torch.linspace(0, fc1.weight.shape[-1] - 1, k).round().long()
-        with torch.no_grad():
-            fc6.weight.copy_(fc1.weight[keep][:, :, taps][:, :, :, taps])
-            fc6.bias.copy_(fc1.bias[keep])
-            fc7.weight.copy_(fc2.weight[keep][:, keep])
-            fc7.bias.copy_(fc2.bias[keep])
-        self.fc_pretrained = True
+        if load_largefov_classifier(self.head.fc6, self.head.fc7, name, weights):
+            self.fc_pretrained = True
 
 
 def _check(method: str, *, num_classes, output_stride, eval_output_stride, multi_grid, aspp_rates, eval_scales,

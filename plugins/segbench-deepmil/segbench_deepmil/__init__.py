@@ -27,9 +27,10 @@ OPTIONS = {
     "train_scales": None,  # multi-scale training: rescale each batch by one of these factors, e.g. [0.7, 1.0, 1.3]
     "train_scale_range": None,  # or by a factor drawn uniformly in [low, high], e.g. [0.7, 1.4] (the paper's)
     "eval_scales": [1.0],  # test-time scales, class maps and scores max-fused over them; [1.0] = one pass
+    "vgg_fc": False,  # VGG's fc6 (7x7, 4096) / fc7 (1x1, 4096) as convolutions on pool5 (the paper's C6/C7)
 }
 # options added after records existed, at the value that behaves as before (kept out of config ids)
-LATE_OPTIONS = {"eval_scales": [1.0]}
+LATE_OPTIONS = {"eval_scales": [1.0], "vgg_fc": False}
 
 # test-time scales of the paper recipe: the ends of the training range [0.7, 1.4] and 1 (segbench's choice)
 PAPER_EVAL_SCALES = [0.7, 1.0, 1.4]
@@ -62,15 +63,16 @@ RECIPES = [
     ),
     Recipe(
         "paper",
-        "GPU: ImageNet VGG16 up to pool5 (stride 32, as the paper's network) with a random adaptation layer of "
-        "2048 channels (dropout 0.5), global max pooling, batches rescaled by a factor in [0.7, 1.4], 448 px crops, "
+        "GPU: ImageNet VGG16 up to pool5 (stride 32, as the paper's network), its fc6/fc7 as convolutions (C6/C7, "
+        "transferred), a random adaptation layer of 2048 channels (dropout 0.5), global max pooling, batches "
+        "rescaled by a factor in [0.7, 1.4], 448 px crops, "
         "SGD lr 1e-3 (x10 for the new layers), batch 16, 6000 steps (segbench's schedule; see the deviations); "
         "test images at scales 0.7, 1, 1.4, class maps and scores max-fused",
         train={"steps": 6000, "batch_size": 16, "optimizer": "sgd", "lr": 1e-3, "head_lr_mult": 10.0,
                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 0, "crop_size": 448,
                "scale_min": 1.0, "scale_max": 1.0, "eval_size": 448},
         model={"backbone": "vgg16", "out_index": 5, "pretrained": True, "backbone_args": None,
-               "adapt_channels": 2048, "dropout": 0.5, "train_scale_range": [0.7, 1.4],
+               "vgg_fc": True, "adapt_channels": 2048, "dropout": 0.5, "train_scale_range": [0.7, 1.4],
                "eval_scales": list(PAPER_EVAL_SCALES)},
         data={"image_size": 448},
         sources={
@@ -79,21 +81,25 @@ RECIPES = [
             "scale_min": "segbench: no engine rescaling; the model rescales each batch (train_scale_range)",
             "scale_max": "segbench: no engine rescaling; the model rescales each batch (train_scale_range)",
             "backbone": "deviation: ImageNet VGG16 stands in for the paper's Krizhevsky-style network (C1-C5)",
-            "out_index": "deviation: pool5 of VGG16 (stride 32); the paper's C6/C7 on top of C5 are dropped",
-            "pretrained": "deviation: not verified against the paper (ImageNet weights for the transferred layers)",
+            "out_index": "Oquab et al. CVPR 2015, network architecture (C6 on top of C5): pool5 of VGG16, stride 32",
+            "vgg_fc": "Oquab et al. CVPR 2015, network architecture (C6, C7: the ImageNet network's FC6, FC7 "
+                      "applied as convolutions, transferred; FCa, FCb on top)",
+            "pretrained": "deviation: not verified against the paper (ImageNet weights for the transferred layers "
+                          "C1-C7)",
             "backbone_args": "segbench: timm's defaults, no extra arguments",
             "adapt_channels": "deviation: FCa of 2048 units recalled from the paper (not verified), starts random "
-                              "on pool5",
-            "dropout": "deviation: not verified against the paper (0.5 before FCb)",
+                              "on C7 (fc7)",
+            "dropout": "deviation: not verified against the paper (0.5 after fc6, fc7 and before FCb)",
             "train_scale_range": "deviation: [0.7, 1.4] recalled from the paper (not verified); one factor per "
                                  "batch",
             "eval_scales": "deviation: not verified: the paper max-fuses test-time scales, whose values were not "
                            "reachable here; 0.7, 1, 1.4 (the training range's ends and 1) are segbench's",
         },
         deviations=(
-            "C6/C7 (ImageNet fc6/fc7 as convolutions) dropped: FCa (`adapt_channels`) starts random on VGG16 "
-            "pool5 (`backbone`, `out_index`).",
-            "`backbone`: ImageNet VGG16 stands in for the paper's Krizhevsky-style network (C1-C5).",
+            "`vgg_fc`: C6 is VGG's 7x7 fc6 zero-padded by 3 (maps keep pool5's size); the paper's C6 padding was not "
+            "verified.",
+            "`backbone`: ImageNet VGG16 stands in for the paper's Krizhevsky-style network (C1-C5, C6/C7 = VGG's "
+            "fc6/fc7).",
             "`eval_scales` 0.7, 1, 1.4 (max fusion of maps and scores): segbench's; the paper's test-time scales "
             "were not verified.",
             "`train_scale_range`: one random factor per batch (images of a batch share a size), not per image.",

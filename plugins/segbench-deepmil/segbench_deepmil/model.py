@@ -18,6 +18,7 @@ from segbench.nn.backbones import feature_backbone
 from segbench.nn.checks import check_int, check_number
 from segbench.nn.losses import multilabel_bce
 from segbench.nn.multiscale import max_over_scales, multiscale_max
+from segbench.nn.vgg import VGGFC, is_vgg, load_vgg_classifier
 
 NAME = "deepmil"
 MAX_SCALE = 4.0
@@ -65,9 +66,14 @@ def check_scales(train_scales: Sequence[float] | None, train_scale_range: Sequen
 class DeepMIL(nn.Module):
     """Class maps ``[B, C, h, w]`` from a fully convolutional net, scores = their global maximum.
 
-    ``backbone`` (timm features_only, cut at ``out_index``) -> optional
-    adaptation layer (1x1 conv to ``adapt_channels``, ReLU, dropout: the
-    paper's FCa) -> 1x1 conv to ``C`` maps (FCb) -> global max pooling.
+    ``backbone`` (timm features_only, cut at ``out_index``) -> with
+    ``vgg_fc``, VGG's fc6 (7x7, 4,096, zero-padded by 3) and fc7 (1x1,
+    4,096) as convolutions with ReLU and dropout (the paper's C6 / C7,
+    :class:`segbench.nn.vgg.VGGFC`; copied from timm's ImageNet classifier
+    with ``pretrained`` / ``weights``, ``fc_pretrained`` says whether they
+    were) -> optional adaptation layer (1x1 conv to ``adapt_channels``,
+    ReLU: the paper's FCa) -> dropout, 1x1 conv to ``C`` maps (FCb) ->
+    global max pooling.
     The loss is the sum over classes of the binary log-loss, averaged over
     images. In training, each batch may be rescaled by one random factor
     (``train_scales``: one of the listed factors; ``train_scale_range``:
@@ -93,8 +99,13 @@ class DeepMIL(nn.Module):
         train_scales: Sequence[float] | None = None,
         train_scale_range: Sequence[float] | None = None,
         eval_scales: Sequence[float] = (1.0,),
+        vgg_fc: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(vgg_fc, bool):
+            raise ConfigError(f"{NAME}: vgg_fc must be true or false, got {vgg_fc!r}")
+        if vgg_fc and not is_vgg(str(backbone)):
+            raise ConfigError(f"{NAME}: vgg_fc=True needs a VGG backbone (its fc6/fc7), got backbone={backbone!r}")
         adapt_channels = check_int(NAME, "adapt_channels", adapt_channels, 0)
         dropout = check_number(NAME, "dropout", dropout, 0.0, low_open=False, high=0.99)
         self.train_scales, self.train_scale_range = check_scales(train_scales, train_scale_range)
@@ -104,6 +115,18 @@ class DeepMIL(nn.Module):
             NAME, backbone, out_index, output_stride, pretrained, weights, backbone_args
         )
         self.stride = int(self.backbone.feature_info.reduction()[-1])
+        self.vgg_fc = vgg_fc
+        self.fc_pretrained = False  # True once fc6/fc7 hold ImageNet VGG's classifier (vgg_fc)
+        if vgg_fc:
+            if self.stride != 32:
+                raise ConfigError(f"{NAME}: vgg_fc=True needs the VGG cut at pool5 (out_index 5 or -1), "
+                                  f"got out_index={out_index}")
+            self.fc = VGGFC(channels, dropout=dropout)
+            channels = self.fc.out_channels
+            if pretrained or weights:
+                self.fc_pretrained = load_vgg_classifier(self.fc.fc6, self.fc.fc7, backbone, weights)
+        else:
+            self.fc = nn.Identity()
         if adapt_channels:
             self.adapt = nn.Sequential(nn.Conv2d(channels, adapt_channels, 1), nn.ReLU(inplace=True))
             channels = adapt_channels
@@ -113,7 +136,15 @@ class DeepMIL(nn.Module):
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised images -> class maps ``[B, C, h, w]`` at the feature resolution."""
-        return self.head(self.adapt(self.backbone(images)[-1]))
+        return self.head(self.adapt(self.fc(self.backbone(images)[-1])))
+
+    def param_multipliers(self, head_lr_mult: float) -> dict[str, tuple[float, float]] | None:
+        """With ``vgg_fc``: fc6 / fc7 (transferred layers, as the backbone) at x1, the adaptation layers at
+        x ``head_lr_mult``, weight decay everywhere; without it None, the engine's rule (the same split)."""
+        if not self.vgg_fc:
+            return None
+        return {name: (1.0, 1.0) if name.startswith(("backbone.", "fc.")) else (float(head_lr_mult), 1.0)
+                for name, _ in self.named_parameters()}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``[B, C]`` (global max of each class map) and class maps ``[B, C, h, w]``."""

@@ -47,7 +47,8 @@ def test_spec_is_registered_from_the_entry_point():
     paper = spec.recipes["paper"].model
     assert paper["pretrained"] is True and paper["train_scale_range"] == [0.7, 1.4]
     assert paper["eval_scales"] == [0.7, 1.0, 1.4] and spec.options["eval_scales"] == [1.0]
-    assert spec.late_options == {"eval_scales": [1.0]}
+    assert spec.late_options == {"eval_scales": [1.0], "vgg_fc": False}
+    assert paper["vgg_fc"] is True and spec.options["vgg_fc"] is False
     assert get_registry().plugins["deepmil"].ok
 
 
@@ -170,9 +171,12 @@ def test_eval_scales_at_one_stays_out_of_the_config_id():
     for recipe in ("quick", "bench"):
         config = resolve_config(spec, shapes, {}, recipe)
         assert config.model["eval_scales"] == [1.0]
-        assert "eval_scales" not in identity_dict(config.to_dict(), late_options=spec.late_options)["model"]
+        assert config.model["vgg_fc"] is False
+        ident = identity_dict(config.to_dict(), late_options=spec.late_options)["model"]
+        assert "eval_scales" not in ident and "vgg_fc" not in ident
     paper = resolve_config(spec, shapes, {}, "paper")
-    assert identity_dict(paper.to_dict(), late_options=spec.late_options)["model"]["eval_scales"] == [0.7, 1.0, 1.4]
+    ident = identity_dict(paper.to_dict(), late_options=spec.late_options)["model"]
+    assert ident["eval_scales"] == [0.7, 1.0, 1.4] and ident["vgg_fc"] is True
 
 
 @pytest.mark.parametrize(
@@ -187,6 +191,9 @@ def test_eval_scales_at_one_stays_out_of_the_config_id():
      ({"eval_scales": []}, r"deepmil: eval_scales must be a non-empty list of factors in \(0, 4\], got \[\]"),
      ({"eval_scales": [1.0, 0]}, "eval_scales"), ({"eval_scales": 1.0}, "eval_scales"),
      ({"adapt_channels": -1}, "adapt_channels must be an integer >= 0, got -1"),
+     ({"vgg_fc": True}, "vgg_fc=True needs a VGG backbone"), ({"vgg_fc": 1}, "vgg_fc must be true or false"),
+     ({"vgg_fc": True, "backbone": "vgg11", "out_index": 4},
+      r"vgg_fc=True needs the VGG cut at pool5 \(out_index 5 or -1\), got out_index=4"),
      ({"dropout": 1.0}, r"dropout must be a number in \[0, 0.99\]"),
      ({"backbone": "no_such_net"}, "no_such_net"), ({"nope": 1}, "nope")],
 )
@@ -194,3 +201,75 @@ def test_bad_options_are_one_line_config_errors(options, match):
     with pytest.raises(ConfigError, match=match) as info:
         build(**options)
     assert "\n" not in str(info.value)
+
+
+# -- default network unchanged; the paper's C6/C7 (ImageNet fc6/fc7 as convolutions) ---------------------------
+@pytest.mark.parametrize("options", [{}, {"adapt_channels": 8, "dropout": 0.5}])
+def test_default_options_build_the_same_network_as_before(options):
+    """vgg_fc=False (the default): the same parameters and class maps as the network built before the option."""
+    from torch import nn
+
+    from segbench.nn.backbones import feature_backbone
+    from segbench.nn.heads import ClassMapHead
+
+    model = build(**options).eval()
+    torch.manual_seed(0)
+    backbone, channels = feature_backbone("deepmil", TINY["backbone"], TINY["out_index"], None, False, None, None)
+    adapt = nn.Identity()
+    if options.get("adapt_channels"):
+        adapt = nn.Sequential(nn.Conv2d(channels, options["adapt_channels"], 1), nn.ReLU(inplace=True))
+        channels = options["adapt_channels"]
+    old = nn.ModuleDict({"backbone": backbone, "adapt": adapt,
+                         "head": ClassMapHead(channels, C, dropout=options.get("dropout", 0.0))}).eval()
+    assert model.state_dict().keys() == old.state_dict().keys()
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in model.state_dict().items())
+    images = batch(2)[0]
+    with torch.no_grad():
+        assert torch.equal(model.class_maps(images), old["head"](old["adapt"](old["backbone"](images)[-1])))
+    assert isinstance(model.fc, nn.Identity) and model.param_multipliers(10.0) is None
+
+
+def test_paper_network_has_c6_c7_from_vgg_at_output_stride_32():
+    from segbench.nn.vgg import VGGFC
+    from segbench.testing.checks import paper_recipe_problems
+
+    spec = get_registry().method("deepmil")
+    options = {**spec.recipes["paper"].model, "pretrained": False}
+    torch.manual_seed(0)
+    model = segbench.create_method("deepmil", 20, **options).eval()
+    assert isinstance(model.fc, VGGFC) and not model.fc_pretrained  # pretrained=False: fc6 / fc7 random
+    assert model.fc.fc6.weight.shape == (4096, 512, 7, 7) and model.fc.fc7.weight.shape == (4096, 4096, 1, 1)
+    assert model.adapt[0].weight.shape == (2048, 4096, 1, 1) and model.stride == 32
+    with torch.no_grad():
+        scores, maps = model(torch.randn(1, 3, 64, 96))
+    assert scores.shape == (1, 20) and maps.shape == (1, 20, 2, 3)  # output stride 32: pool5's size
+    table = model.param_multipliers(10.0)  # the transferred fc6 / fc7 at the backbone's lr, FCa / FCb x10
+    assert table["fc.fc6.weight"] == (1.0, 1.0) and table["backbone.features_0.weight"] == (1.0, 1.0)
+    assert table["adapt.0.weight"] == (10.0, 1.0) and table["head.conv.bias"] == (10.0, 1.0)
+    assert paper_recipe_problems(spec) == []
+    assert not any("dropped" in line for line in spec.recipes["paper"].deviations)
+
+
+def test_vgg_fc_copies_imagenet_fc6_fc7_when_pretrained(monkeypatch):
+    """pretrained=True with the download stubbed: the backbone at random init; fc6 / fc7 go to the shared loader
+    (segbench.nn.vgg.load_vgg_classifier, the way FCN copies VGG's classifier)."""
+    import timm
+
+    import segbench_deepmil.model as deepmil_model
+    from segbench.nn import backbones
+
+    real, calls = timm.create_model, []
+
+    def create_model(name, pretrained=False, **options):
+        options.pop("pretrained_cfg_overlay", None)
+        return real(name, pretrained=False, **options)
+
+    def loader(fc6, fc7, name, weights):
+        calls.append((fc6.weight.shape, fc7.weight.shape, name, weights))
+        return True
+
+    monkeypatch.setattr(backbones, "cached_or_online", lambda *a, **k: None)
+    monkeypatch.setattr(timm, "create_model", create_model)
+    monkeypatch.setattr(deepmil_model, "load_vgg_classifier", loader)
+    model = build(backbone="vgg11", out_index=5, pretrained=True, vgg_fc=True)
+    assert model.fc_pretrained and calls == [((4096, 512, 7, 7), (4096, 4096, 1, 1), "vgg11", None)]

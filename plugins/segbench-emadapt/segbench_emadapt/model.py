@@ -15,7 +15,12 @@ from segbench.errors import ConfigError, DataError
 from segbench.nn.backbones import feature_backbone
 from segbench.nn.losses import label_weights, weighted_bce
 from segbench.nn.pooling import weldon_pool2d
+from segbench.nn.vgg import LargeFOVHead, atrous_vgg, is_vgg, load_largefov_classifier
 from segbench_emadapt.adaptive_bias import latent_segmentation
+
+
+LR_MULTS = ("head", "caffe")
+VGG_STRIDES = (8, 16, 32)
 
 
 def check_options(num_classes: Any, options: Mapping[str, Any]) -> None:
@@ -59,16 +64,40 @@ def check_options(num_classes: Any, options: Mapping[str, Any]) -> None:
     args = options["backbone_args"]
     if args is not None and not isinstance(args, Mapping):
         raise ConfigError(f"emadapt: backbone_args must be a dict of timm model arguments, got {args!r}")
+    if not isinstance(options["largefov"], bool):
+        raise ConfigError(f"emadapt: largefov must be true or false, got {options['largefov']!r}")
+    if options["lr_mults"] not in LR_MULTS:
+        raise ConfigError(f"emadapt: lr_mults must be one of {', '.join(LR_MULTS)}, got {options['lr_mults']!r}")
+    backbone, stride = options["backbone"], options["output_stride"]
+    if options["largefov"]:
+        if not is_vgg(str(backbone)):
+            raise ConfigError(f"emadapt: largefov=True needs a VGG backbone (DeepLab-LargeFOV is VGG16), "
+                              f"got backbone={backbone!r}")
+        if not options["head_channels"]:
+            raise ConfigError("emadapt: largefov=True needs head_channels > 0 (the width of fc6/fc7; LargeFOV: 1024)")
+    if is_vgg(str(backbone)) and stride is not None and stride not in VGG_STRIDES:
+        raise ConfigError(f"emadapt: output_stride must be one of {', '.join(map(str, VGG_STRIDES))} or None with "
+                          f"a VGG backbone, got {stride!r}")
 
 
 class EMAdapt(nn.Module):
     """EM-Adapt (Papandreou, Chen, Murphy, Yuille, ICCV 2015) on a timm feature extractor.
 
     ``backbone`` (timm features_only, cut at ``out_index``, dilated to
-    ``output_stride`` where timm supports it) -> optional DeepLab-LargeFOV
+    ``output_stride`` where timm supports it; a VGG is made atrous by
+    :func:`segbench.nn.vgg.atrous_vgg`) -> optional DeepLab-LargeFOV-like
     head (``fc6``: 3x3 conv with dilation ``head_dilation``, ``fc7``: 1x1,
     both ``head_channels`` wide with ReLU and dropout) -> ``fc8``: 1x1
     classifier = logits ``[B, C, h, w]`` at the feature stride.
+
+    ``largefov=True`` is the paper's network, DeepLab-LargeFOV: a VGG cut
+    at pool5 and made atrous (``output_stride=8``: pool4 / pool5 stride 1,
+    conv5 dilated 2) -> :class:`segbench.nn.vgg.LargeFOVHead` (pool5a, fc6
+    3x3 rate ``head_dilation``, fc7 1x1, ``head_channels`` wide, dropout,
+    fc8 N(0, 0.01)); with ImageNet weights (``pretrained`` / ``weights``)
+    fc6 / fc7 are decimated from VGG's classifier as DeepLab v1 does
+    (:func:`segbench.nn.vgg.load_largefov_classifier`; ``fc_pretrained``
+    says whether they were).
 
     Training is online hard EM: the E-step turns the detached
     log-probabilities and the image labels into a latent segmentation
@@ -96,22 +125,40 @@ class EMAdapt(nn.Module):
         shuffle: bool = True,
         image_loss_weight: float = 0.0,
         em_warmup: int = 0,
+        largefov: bool = False,
+        lr_mults: str = "head",
     ) -> None:
         super().__init__()
         check_options(num_classes, dict(
             fg_share=fg_share, bg_share=bg_share, background=background, sweeps=sweeps,
             head_channels=head_channels, head_dilation=head_dilation, dropout=dropout, shuffle=shuffle,
             backbone_args=backbone_args, image_loss_weight=image_loss_weight, em_warmup=em_warmup,
+            largefov=largefov, lr_mults=lr_mults, backbone=backbone, output_stride=output_stride,
         ))
+        self.largefov = largefov
+        self.lr_mults = lr_mults
+        self.fc_pretrained = False  # True once fc6/fc7 hold ImageNet VGG's decimated classifier (largefov)
         self.image_loss_weight = float(image_loss_weight)
         self.em_warmup = em_warmup
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # loss calls in training mode
         self.num_classes = num_classes
         self.estep_options = dict(background=background, fg_share=float(fg_share), bg_share=float(bg_share),
                                   sweeps=sweeps, shuffle=shuffle)
-        self.backbone, channels = feature_backbone(
-            "emadapt", backbone, out_index, output_stride, pretrained, weights, backbone_args
+        vgg = is_vgg(backbone)
+        self.backbone, channels = feature_backbone(  # timm's VGG refuses output_stride: made atrous below
+            "emadapt", backbone, out_index, None if vgg else output_stride, pretrained, weights, backbone_args
         )
+        if vgg and output_stride is not None:
+            atrous_vgg(self.backbone, output_stride)
+        if largefov:
+            if self.backbone.feature_info.reduction()[-1] != 32:  # timm's nominal stride: 32 is pool5
+                raise ConfigError(f"emadapt: largefov=True needs the VGG cut at pool5 (out_index 5 or -1), "
+                                  f"got out_index={out_index}")
+            self.head = LargeFOVHead(channels, num_classes, head_channels, 3, head_dilation, dropout, pool5a=True)
+            self.classifier = nn.Identity()  # fc8 is the head's (head.fc8)
+            if pretrained or weights:
+                self.fc_pretrained = load_largefov_classifier(self.head.fc6, self.head.fc7, backbone, weights)
+            return
         layers: list[nn.Module] = []
         if head_channels:
             layers += [nn.Conv2d(channels, head_channels, 3, padding=head_dilation, dilation=head_dilation),
@@ -126,6 +173,17 @@ class EMAdapt(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C, h, w]`` at the feature stride for normalised images ``[B, 3, H, W]``."""
         return self.classifier(self.head(self.backbone(images)[-1]))
+
+    def param_multipliers(self, head_lr_mult: float) -> dict[str, tuple[float, float]] | None:
+        """``lr_mults="caffe"``: DeepLab-LargeFOV's ``lr_mult`` / ``decay_mult`` (its train.prototxt): weights x1,
+        biases x2 without weight decay, and x ``head_lr_mult`` (x2 for biases) on fc8 only (``head.fc8`` with
+        ``largefov``, else ``classifier``). ``"head"``: None, the engine's rule (everything after the backbone
+        at x ``head_lr_mult``)."""
+        if self.lr_mults != "caffe":
+            return None
+        from segbench.nn.multipliers import caffe_multipliers
+
+        return caffe_multipliers(self, ("head.fc8",) if self.largefov else ("classifier",), head_lr_mult)
 
     def latent(self, logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
         """E-step: the latent segmentation ``[B, h, w]`` from the log-probabilities and the image labels."""

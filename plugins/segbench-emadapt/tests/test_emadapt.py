@@ -192,3 +192,142 @@ def test_one_class_is_a_config_error_and_bad_labels_a_data_error():
     images, _ = batch(2)
     with pytest.raises(DataError, match="labels have shape"):
         model.loss(images, [{"labels": torch.zeros(C + 1)}] * 2)
+
+
+# -- default network unchanged; the paper's DeepLab-LargeFOV ---------------------------------------------------
+def old_network(head_channels: int = 0, head_dilation: int = 12, dropout: float = 0.0):
+    """The network as built before ``largefov`` / ``lr_mults`` existed, layer by layer, from the same seed."""
+    from torch import nn
+
+    from segbench.nn.backbones import feature_backbone
+
+    torch.manual_seed(0)
+    backbone, channels = feature_backbone("emadapt", TINY["backbone"], TINY["out_index"], None, False, None, None)
+    layers = []
+    if head_channels:
+        layers += [nn.Conv2d(channels, head_channels, 3, padding=head_dilation, dilation=head_dilation),
+                   nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+                   nn.Conv2d(head_channels, head_channels, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout)]
+        channels = head_channels
+    elif dropout:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.ModuleDict({"backbone": backbone, "head": nn.Sequential(*layers),
+                          "classifier": nn.Conv2d(channels, C, 1)})
+
+
+@pytest.mark.parametrize("options", [{}, {"head_channels": 16, "head_dilation": 2, "dropout": 0.5}])
+def test_default_options_build_the_same_network_as_before(options):
+    """largefov=False, lr_mults="head" (the defaults): same parameters, same outputs for a fixed seed."""
+    model, old = build(**options).eval(), old_network(**options).eval()
+    state = {k: v for k, v in model.state_dict().items() if k != "train_steps"}  # the warm-up counter buffer
+    assert state.keys() == old.state_dict().keys()
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in state.items())
+    images = batch(2)[0]
+    with torch.no_grad():
+        expected = old["classifier"](old["head"](old["backbone"](images)[-1]))
+        assert torch.equal(model(images), expected)
+    assert model.param_multipliers(10.0) is None and not model.fc_pretrained
+
+
+def test_new_options_are_late_options_so_quick_and_bench_ids_are_unchanged():
+    from segbench.engine.config import identity_dict, resolve_config
+
+    registry = get_registry()
+    spec, shapes = registry.method("emadapt"), registry.dataset("shapes")
+    assert spec.late_options == {"largefov": False, "lr_mults": "head"}
+    assert all(spec.options[k] == v for k, v in spec.late_options.items())
+    for recipe in ("quick", "bench"):
+        model = identity_dict(resolve_config(spec, shapes, {}, recipe).to_dict(), late_options=spec.late_options)
+        assert "largefov" not in model["model"] and "lr_mults" not in model["model"]
+    paper = resolve_config(spec, shapes, {}, "paper")
+    ident = identity_dict(paper.to_dict(), late_options=spec.late_options)["model"]
+    assert ident["largefov"] is True and ident["lr_mults"] == "caffe"
+
+
+def test_paper_network_is_deeplab_largefov_at_output_stride_8():
+    from torch import nn
+
+    from segbench.nn.vgg import LargeFOVHead
+
+    spec = get_registry().method("emadapt")
+    options = {**spec.recipes["paper"].model, "pretrained": False}
+    torch.manual_seed(0)
+    model = segbench.create_method("emadapt", 21, **options).eval()
+    pools = [(m.kernel_size, m.stride) for m in model.backbone.children() if isinstance(m, nn.MaxPool2d)]
+    assert pools == [(2, 2)] * 3 + [(3, 1)] * 2  # pool4 / pool5 stride 1
+    convs = [m.dilation[0] for m in model.backbone.children() if isinstance(m, nn.Conv2d)]
+    assert convs == [1] * 10 + [2] * 3  # conv5 dilated 2
+    head = model.head
+    assert isinstance(head, LargeFOVHead) and isinstance(head.pool5a, nn.AvgPool2d)
+    assert head.fc6.weight.shape == (1024, 512, 3, 3) and head.fc6.dilation == (12, 12)
+    assert head.fc7.weight.shape == (1024, 1024, 1, 1) and head.fc8.weight.shape == (21, 1024, 1, 1)
+    assert head.drop6.p == 0.5 and not model.fc_pretrained  # pretrained=False: fc6 / fc7 random
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 21, 8, 12)  # output stride 8
+        assert model.predict(torch.randn(1, 3, 40, 56))[0]["score_maps"].shape == (21, 40, 56)
+    table = model.param_multipliers(10.0)  # lr_mults="caffe": x10 / x20 on fc8 only, biases without decay
+    assert table["head.fc8.weight"] == (10.0, 1.0) and table["head.fc8.bias"] == (20.0, 0.0)
+    assert table["head.fc6.weight"] == (1.0, 1.0) and table["head.fc7.bias"] == (2.0, 0.0)
+    assert table["backbone.features_0.weight"] == (1.0, 1.0)
+    from segbench.testing.checks import paper_recipe_problems
+
+    assert paper_recipe_problems(spec) == []
+    assert not any("stride 16" in line or "random (`pretrained`)" in line for line in spec.recipes["paper"].deviations)
+
+
+def test_largefov_decimates_imagenet_fc6_fc7_when_pretrained(monkeypatch):
+    """pretrained=True with the download stubbed: the backbone at random init, timm's classifier a stand-in;
+    fc6/fc7 take every 4096/16 = 256th filter and the 3x3 taps of the stand-in's 3x3 kernel."""
+    import timm
+    from torch import nn
+
+    from segbench.nn import backbones
+
+    real = timm.create_model
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre_logits = nn.Module()
+            self.pre_logits.fc1 = nn.Conv2d(512, 4096, 3)
+            self.pre_logits.fc2 = nn.Conv2d(4096, 4096, 1)
+
+    fake = Classifier()
+
+    def create_model(name, pretrained=False, features_only=False, **options):
+        if features_only:
+            options.pop("pretrained_cfg_overlay", None)
+            return real(name, pretrained=False, features_only=True, **options)
+        return fake
+
+    monkeypatch.setattr(backbones, "cached_or_online", lambda *a, **k: None)
+    monkeypatch.setattr(timm, "create_model", create_model)
+    model = build(backbone="vgg11", out_index=5, output_stride=8, pretrained=True, largefov=True, head_channels=16)
+    assert model.fc_pretrained
+    fc1, fc2 = fake.pre_logits.fc1, fake.pre_logits.fc2
+    torch.testing.assert_close(model.head.fc6.weight[3], fc1.weight[3 * 256])
+    torch.testing.assert_close(model.head.fc6.bias, fc1.bias[::256])
+    torch.testing.assert_close(model.head.fc7.weight[2, 5], fc2.weight[512, 1280])
+    assert not build(backbone="vgg11", out_index=5, largefov=True, head_channels=16).fc_pretrained  # not pretrained
+
+
+def test_vgg_backbones_take_an_output_stride_without_largefov():
+    model = build(backbone="vgg11", out_index=4, output_stride=8, head_channels=8).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, C, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"largefov": True}, "largefov=True needs a VGG backbone"),
+     ({"largefov": True, "backbone": "vgg11", "out_index": 5}, "largefov=True needs head_channels > 0"),
+     ({"largefov": True, "backbone": "vgg11", "out_index": 4, "head_channels": 8},
+      "largefov=True needs the VGG cut at pool5 (out_index 5 or -1), got out_index=4"),
+     ({"largefov": "yes"}, "largefov must be true or false"),
+     ({"lr_mults": "fast"}, "lr_mults must be one of head, caffe, got 'fast'"),
+     ({"backbone": "vgg11", "out_index": 5, "output_stride": 4}, "output_stride must be one of 8, 16, 32 or None")],
+)
+def test_bad_largefov_options_are_one_line_config_errors(options, message):
+    with pytest.raises(ConfigError) as info:
+        build(**options)
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.errors import ConfigError
-from segbench.nn.backbones import cached_or_online, create_backbone
+from segbench.nn.backbones import create_backbone
 from segbench.nn.upsample import BilinearUpsample
+from segbench.nn.vgg import load_vgg_classifier
 
 VARIANTS = {"32s": 0, "16s": 1, "8s": 2}  # number of skip fusions
 TAPS = ("auto", "pool", "stage")
@@ -147,27 +148,10 @@ class FCN(nn.Module):
 
     # -- pretrained classifier -------------------------------------------------------
     def _load_vgg_classifier(self, name: str, pretrained: bool, weights, fc_channels: int, fc_kernel: int) -> None:
-        """Copy the ImageNet fc6/fc7 (timm's ``pre_logits`` ConvMlp) into ``fc6``/``fc7`` when the shapes match."""
-        import timm
-
-        options: dict[str, Any] = {}
-        if weights:
-            options["pretrained_cfg_overlay"] = dict(file=str(weights))
-        else:
-            cached = cached_or_online(name)
-            if cached:
-                options["pretrained_cfg_overlay"] = dict(file=cached)
-        classifier = timm.create_model(name, pretrained=True, **options)
-        pre_logits = getattr(classifier, "pre_logits", None)
-        fc1, fc2 = getattr(pre_logits, "fc1", None), getattr(pre_logits, "fc2", None)
-        if fc1 is None or fc1.weight.shape != self.fc6.weight.shape or fc2.weight.shape != self.fc7.weight.shape:
-            return  # fc_channels / fc_kernel differ from the classifier's: fc6 / fc7 stay randomly initialised
-        with torch.no_grad():
-            self.fc6.weight.copy_(fc1.weight)
-            self.fc6.bias.copy_(fc1.bias)
-            self.fc7.weight.copy_(fc2.weight)
-            self.fc7.bias.copy_(fc2.bias)
-        self.fc_pretrained = True
+        """Copy the ImageNet fc6/fc7 (timm's ``pre_logits`` ConvMlp) into ``fc6``/``fc7`` when the shapes match
+        (:func:`segbench.nn.vgg.load_vgg_classifier`); otherwise fc6 / fc7 stay randomly initialised."""
+        if load_vgg_classifier(self.fc6, self.fc7, name, weights):
+            self.fc_pretrained = True
 
 
 def _align(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ def test_registers_three_methods_through_the_entry_point():
         assert spec.plugin == "fcn"
         assert spec.supervision == "pixel"
         assert spec.outputs == {"mask", "score_maps", "scores"}
-        assert set(spec.recipes) == {"quick", "bench", "paper"}
+        assert set(spec.recipes) == {"quick", "bench", "paper"} | ({"staged"} if spec.name != "fcn32s" else set())
         assert spec.options == OPTIONS
         train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
         for recipe in spec.recipes.values():
@@ -287,6 +287,6 @@ def test_paper_recipes_train_on_whole_images_of_trainaug_and_fcn16s_says_it_has_
         assert paper.train["train_split"] == "trainaug"
     assert registry.method("fcn32s").recipes["paper"].train["steps"] == 100_000
     fcn16s = registry.method("fcn16s").recipes["paper"]
-    assert any("run fcn32s, then --init RUN_ID" in line for line in fcn16s.deviations)
+    assert any("the `staged` recipe" in line and "--init" in line for line in fcn16s.deviations)
     assert fcn16s.sources["lr"].startswith("deviation") and fcn16s.sources["pool4_scale"].startswith("deviation")
     assert not registry.method("fcn8s").recipes["paper"].sources["lr"].startswith("deviation")  # voc-fcn8s-atonce
