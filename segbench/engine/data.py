@@ -57,7 +57,8 @@ def train_transform(train_config, keys: frozenset[str] | set[str] = frozenset())
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if getattr(train_config, "elastic_alpha", 0.0):  # U-Net's elastic deformation (masks move nearest-neighbour)
         steps.append(v2.ElasticTransform(alpha=float(train_config.elastic_alpha),
-                                         sigma=float(train_config.elastic_sigma), fill={"others": 0, _mask_type(): 255}))
+                                         sigma=float(train_config.elastic_sigma),
+                                         fill={"others": 0, _mask_type(): 255}))
     if train_config.scale_min != 1.0 or train_config.scale_max != 1.0:
         steps.append(v2.ScaleJitter(target_size=(train_config.crop_size or 512,) * 2,
                                     scale_range=(train_config.scale_min, train_config.scale_max)))

@@ -35,7 +35,8 @@ class InitSource:
 
 
 def resolve_init(given: str, store: Any) -> InitSource:
-    """A weights file (``.safetensors``, or a ``torch.save`` file) or a finished run's id (a unique prefix) in ``store``.
+    """A weights file (``.safetensors`` or a ``torch.save`` file) or a finished run's id (a unique prefix) in
+    ``store``.
 
     An unknown id, an unfinished run or a run without weights is a one-line
     :class:`ConfigError`.

@@ -300,8 +300,8 @@ def run_experiment(
         echo(same_split)
     try:
         return _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device,
-                    started, recipe=recipe, why=why, dry_run=dry_run, seed=seed, split=split, root=root, force=force, progress=progress,
-                    echo=echo if dist.is_main else (lambda message: None))
+                    started, recipe=recipe, why=why, dry_run=dry_run, seed=seed, split=split, root=root,
+                    force=force, progress=progress, echo=echo if dist.is_main else (lambda message: None))
     finally:
         distributed.teardown(dist)
 
@@ -368,6 +368,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                                       train_transform, training_keys)
     from segbench.engine.device import amp_in_effect, device_name
     from segbench.engine.evaluate import evaluate
+    from segbench.engine.init import apply_init, resolve_init
     from segbench.engine.resources import cuda_peak_mb, peak_rss_mb, reset_cuda_peak
     from segbench.engine.seeding import mix, seed_everything, set_deterministic
     from segbench.engine.signals import stop_on_signals
@@ -400,13 +401,10 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     env["device_name"] = device_name(torch_device)
     config_dict = config.to_dict()
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
-    from segbench.engine.init import apply_init, resolve_init
-
-    init = resolve_init(config.train.init, store) if config.train.init else None
-    config_id = make_config_id(identity_dict(config_dict, init.identity if init else None, method_spec.late_options,
-                                             method_spec.renamed_options), identity["fingerprint"],
-                               versions, split=split,
-                               world_size=dist.world_size,
+    init = resolve_init(config.train.init, store) if config.train.init else None  # an unknown run id stops here
+    hashed = identity_dict(config_dict, init.identity if init else None, method_spec.late_options,
+                           method_spec.renamed_options)
+    config_id = make_config_id(hashed, identity["fingerprint"], versions, split=split, world_size=dist.world_size,
                                train_fingerprint=train_fingerprint_for_id(train_set, train_identity))
     run_id = make_run_id(config_id, seed)
     metric_objs = metric_objects(metric_specs, config, dataset_spec, eval_set)
