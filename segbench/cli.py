@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--methods", "-m", required=True, help="Comma-separated method names.")
 @click.option("--datasets", "-d", default="shapes", show_default=True, help="Comma-separated dataset names.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds or ranges (0,1,2 or 0-4).")
-@click.option("--recipe", "-r", default="quick", show_default=True)
+@click.option("--recipe", "-r", default=None, help="Every cell's recipe (default: each dataset's, as run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run (--set of run).")
 @click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
               show_default=True, help="local: subprocesses here; slurm / submitit-local: submitit's executors.")

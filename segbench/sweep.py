@@ -38,7 +38,7 @@ class SweepSpec:
     methods: list[str]
     datasets: list[str]
     seeds: list[int]
-    recipe: str = "quick"
+    recipe: str | None = None  # None: each cell's dataset default (paper on real data, quick on shapes), as `run`
     overrides: list[str] = field(default_factory=list)
     """``key=value`` strings, passed to every run as ``--set key=value``."""
     runs_dir: Path = Path("runs")
@@ -141,7 +141,8 @@ def validate_grid(spec: SweepSpec, registry: Any = None) -> dict[tuple[str, str]
                 check_pairing(method, dataset)
                 chain, outputs = postprocess_chain(method, dataset, registry)
                 metrics = applicable_metrics(method, dataset, registry, None, outputs)
-                config = resolve_config(method, dataset, metrics, spec.recipe, overrides, chain)
+                config = resolve_config(method, dataset, metrics, cell_recipe(spec, method, dataset), overrides,
+                                        chain)
             except SegbenchError as exc:
                 raise type(exc)(f"{method_name} on {dataset_name}: {exc}") from None
             configs[(method_name, dataset_name)] = canonical_json(
@@ -150,10 +151,21 @@ def validate_grid(spec: SweepSpec, registry: Any = None) -> dict[tuple[str, str]
     return configs
 
 
+def cell_recipe(spec: SweepSpec, method: Any, dataset: Any) -> str:
+    """The recipe of one cell: the sweep's, else the dataset's default for the method (as ``segbench run``)."""
+    from segbench.engine.config import default_recipe
+
+    return spec.recipe or default_recipe(method, dataset)[0]
+
+
 def run_command(spec: SweepSpec, method: str, dataset: str, seed: int) -> list[str]:
     """The ``segbench run`` command of one cell (``python -m segbench run ... --nproc N`` for N > 1)."""
+    from segbench.plugins import get_registry
+
+    registry = get_registry()
+    recipe = cell_recipe(spec, registry.method(method), registry.dataset(dataset))
     command = [sys.executable, "-m", "segbench", "run", "--method", method, "--dataset", dataset,
-               "--recipe", spec.recipe, "--seed", str(seed), "--runs-dir", str(Path(spec.runs_dir).absolute()),
+               "--recipe", recipe, "--seed", str(seed), "--runs-dir", str(Path(spec.runs_dir).absolute()),
                "--quiet"]
     for item in spec.overrides:
         command += ["--set", item]
@@ -186,7 +198,8 @@ def plan_sweep(spec: SweepSpec, registry: Any = None, precheck: bool = True) -> 
             versions = _versions(registry.method(method).plugin)
             for seed in spec.seeds:
                 job = SweepJob(len(jobs) + 1, method, dataset, seed, run_command(spec, method, dataset, seed))
-                matching = [r for r in records if _same_cell(r, method, dataset, split, spec.recipe, seed,
+                recipe = cell_recipe(spec, registry.method(method), registry.dataset(dataset))
+                matching = [r for r in records if _same_cell(r, method, dataset, split, recipe, seed,
                                                              configs[(method, dataset)], spec.nproc, versions)]
                 if matching:
                     latest = max(matching, key=lambda r: (r.finished_at or r.created_at, r.run_id))

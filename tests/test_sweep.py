@@ -290,3 +290,16 @@ def test_submitit_local_sweep_detects_reused_runs_and_failures(first_sweep, env)
     assert list((runs / ".sweep" / "submitit").glob("*_log.err"))
     statuses = [json.loads(p.read_text())["status"] for p in runs.glob("*.json")]
     assert statuses.count("finished") == 1 and "failed" in statuses  # nothing ran twice
+
+
+def test_without_a_recipe_each_cell_gets_its_datasets_default_as_run_does(tmp_path):
+    from segbench.sweep import SweepSpec, run_command
+
+    spec = SweepSpec(methods=["weldon"], datasets=["shapes", "voc2007"], seeds=[0], runs_dir=str(tmp_path))
+    assert run_command(spec, "weldon", "shapes", 0)[run_command(spec, "weldon", "shapes", 0).index("--recipe") + 1] \
+        == "quick"
+    command = run_command(spec, "weldon", "voc2007", 0)
+    assert command[command.index("--recipe") + 1] == "paper"
+    fixed = SweepSpec(methods=["weldon"], datasets=["voc2007"], seeds=[0], runs_dir=str(tmp_path), recipe="bench")
+    command = run_command(fixed, "weldon", "voc2007", 0)
+    assert command[command.index("--recipe") + 1] == "bench"
