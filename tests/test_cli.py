@@ -43,6 +43,9 @@ def test_run_writes_a_complete_record(finished_run):
     assert record["config"]["train"]["steps"] == 3 and record["config"]["data"]["image_size"] == 32
     assert record["config"]["metrics"]["loc_map"]["tolerance"] >= 1
     assert record["effective_batch_size"] == 4 and record["seed"] == 0
+    import timm
+
+    assert record["environment"]["libraries"]["timm"] == timm.__version__  # versions that can change numbers
     assert record["dataset_identity"]["num_images"] == 6
     assert set(record["per_class"]["cls_map"]) == set(record["class_names"])
     assert (runs / record["weights"]).is_file()

@@ -136,6 +136,7 @@ def collect_environment(device: str | None = None) -> dict[str, Any]:
         "device": device or "cpu",
         "segbench": _segbench_version(),
         "plugins": plugin_versions(),
+        "libraries": library_versions(),
         "git_commit": git_commit(),
     }
     try:
@@ -150,6 +151,25 @@ def collect_environment(device: str | None = None) -> dict[str, Any]:
             index = int(wanted.split(":", 1)[1]) if ":" in wanted else 0
             env["device"] = f"{wanted} ({torch.cuda.get_device_name(index)})"
     return env
+
+
+NUMERIC_LIBRARIES = ("torchvision", "timm", "numpy", "scipy", "pillow", "pycocotools", "faster-coco-eval",
+                     "pydensecrf2")
+"""Libraries besides torch whose version can change a run's numbers (timm's model definitions and inits, NumPy,
+the COCO evaluators): recorded in every record, not hashed (see docs/records.md)."""
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`NUMERIC_LIBRARIES` (None when absent), read without importing."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _segbench_version() -> str:
