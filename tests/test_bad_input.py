@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from segbench.cli import main
+from segbench.testing.cli import run_cli as cli
 
 SHARED = Path(os.environ.get("SEGBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 VOC12 = SHARED / "voc2012" / "VOCdevkit" / "VOC2012"
@@ -23,14 +23,6 @@ needs_shared = pytest.mark.skipif(not VOC12.is_dir() or not COCO.is_dir(), reaso
 TINY = ["--set", "steps=1", "--set", "image_size=32", "--set", "num_train=4", "--set", "num_val=2", "-q"]
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def snapshot(*roots: Path) -> dict[str, int]:

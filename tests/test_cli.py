@@ -4,22 +4,13 @@ import json
 
 import pytest
 
-from segbench.cli import main
+from segbench.testing.cli import run_cli as segbench
 from segbench.plugins import get_registry
 
 TINY = ["--set", "steps=3", "--set", "image_size=32", "--set", "num_train=8", "--set", "num_val=6",
         "--set", "batch_size=4", "-q"]
 
 
-def segbench(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

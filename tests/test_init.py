@@ -7,21 +7,13 @@ import json
 import pytest
 import torch
 
-from segbench.cli import main
+from segbench.testing.cli import run_cli as segbench
 from segbench.plugins import get_registry
 
 TINY = ["--set", "steps=2", "--set", "image_size=32", "--set", "num_train=4", "--set", "num_val=2",
         "--set", "batch_size=2", "--set", "fc_channels=16", "--set", "fc_kernel=1", "-q"]
 
 
-def segbench(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
