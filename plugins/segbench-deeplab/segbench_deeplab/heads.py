@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.nn.vgg import AtrousConv2d, LargeFOVHead  # shared with other plugins; re-exported here
+from segbench.nn.vgg import gaussian_init as _gaussian
 
 
 def scale_rates(module: nn.Module, factor: float) -> None:
@@ -44,14 +45,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, rate
     conv = (AtrousConv2d(in_channels, out_channels, kernel_size, rate, bias=False) if kernel_size > 1
             else nn.Conv2d(in_channels, out_channels, 1, bias=False))
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-def _gaussian(conv: nn.Conv2d, std: float = 0.01) -> nn.Conv2d:
-    """The Caffe models' classifier init: weights N(0, std), zero bias."""
-    nn.init.normal_(conv.weight, std=std)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
 
 
 class ASPPSum(nn.Module):
