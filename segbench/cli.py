@@ -430,18 +430,10 @@ def check_command(method, overrides) -> None:
               help="COCOeval implementation (default: the coco_ap metric's).")
 def coco_eval_command(gt_path, results_path, iou_type, backend) -> None:
     """Score a COCO results file: the twelve COCO numbers per type, as COCOeval.summarize() prints them."""
-    import json
-
     from segbench.metrics.coco import evaluate_files
 
-    try:
-        empty = json.loads(Path(results_path).read_text()) == []
-    except (OSError, ValueError):
-        empty = False  # evaluate_files names the problem
-    if empty:
-        click.echo(f"warning: {results_path} holds no detections: every AP is 0 (or -1 where COCOeval has none)",
-                   err=True)
-    for name, evaluation in evaluate_files(gt_path, results_path, iou_type, backend).items():
+    warn = lambda message: click.echo(message, err=True)  # noqa: E731
+    for name, evaluation in evaluate_files(gt_path, results_path, iou_type, backend, warn=warn).items():
         click.echo(f"type={name}")
         for line in evaluation.lines():
             click.echo(line)

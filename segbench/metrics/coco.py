@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -411,16 +411,20 @@ def _mean_defined(values: np.ndarray) -> float:
 
 
 def evaluate_files(gt_path: str | os.PathLike, results_path: str | os.PathLike,
-                   iou_types: str | Sequence[str] | None = None, backend: str | None = None) -> dict[str, Evaluation]:
+                   iou_types: str | Sequence[str] | None = None, backend: str | None = None,
+                   warn: Callable[[str], None] | None = None) -> dict[str, Evaluation]:
     """Check and score a COCO results file against a COCO ground-truth file (``segbench coco-eval``).
 
-    ``iou_types``: ``bbox``, ``segm``, ``both`` or None (every type the results carry).
+    ``iou_types``: ``bbox``, ``segm``, ``both`` or None (every type the results carry). ``warn`` hears of a
+    results file without any detection.
     """
     backend = check_backend(backend)
     types = parse_iou_types(iou_types)
     gt = load_json(gt_path, "COCO ground truth")
     check_ground_truth(gt, str(gt_path), types or ())
     results, types = load_results(results_path, gt, types, gt_source=str(gt_path))
+    if not results and warn is not None:
+        warn(f"warning: {results_path} holds no detections: every AP is 0 (or -1 where COCOeval has none)")
     if "segm" in types:
         missing = next((i for i, ann in enumerate(gt["annotations"]) if "segmentation" not in ann), None)
         if missing is not None:

@@ -39,9 +39,6 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(f"{path}: weights file not found")
-        from segbench.engine.checkpoint import read_weights
-
-        read_weights(path)  # an unreadable file (not weights at all) is one line naming it, before timm reads it
         options["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     elif pretrained:
@@ -54,12 +51,17 @@ def create_backbone(
         raise ConfigError(f"unknown timm backbone '{name}'{hint}")
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
-    except RuntimeError as exc:
-        if weights and "state_dict" in str(exc):  # load_state_dict's list of mismatches: one line
-            raise ConfigError(weights_mismatch(str(exc), Path(weights), name)) from None
+    except Exception as exc:
+        if weights:  # read only when timm failed: a file that is not weights at all is one line naming it
+            from segbench.engine.checkpoint import read_weights
+
+            read_weights(Path(weights).expanduser())
+            if isinstance(exc, RuntimeError) and "state_dict" in str(exc):  # load_state_dict's mismatch list
+                raise ConfigError(weights_mismatch(str(exc), Path(weights), name)) from None
+        if isinstance(exc, (AssertionError, TypeError, IndexError)):  # timm's checks of out_indices, strides, kwargs
+            raise ConfigError(f"timm backbone '{name}' rejects options {options}: {exc or 'assertion failed'}") \
+                from exc
         raise
-    except (AssertionError, TypeError, IndexError) as exc:  # timm's own checks of out_indices, strides, kwargs
-        raise ConfigError(f"timm backbone '{name}' rejects options {options}: {exc or 'assertion failed'}") from exc
 
 
 def weights_mismatch(message: str, path: Path, name: str) -> str:
