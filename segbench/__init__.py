@@ -20,7 +20,18 @@ from segbench.api import (
 from segbench.errors import ConfigError, DataError, SegbenchError, UnknownNameError
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec, Recipe
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is the one place it is written."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("segbench")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 hookimpl = pluggy.HookimplMarker("segbench")
 """Marker for plugin hook implementations: ``@segbench.hookimpl``."""

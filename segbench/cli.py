@@ -53,6 +53,10 @@ def list_command(what: str, recipes: bool) -> None:
                 state = "ok" if info.ok else f"BROKEN: {info.error}"
                 version = f" {info.version}" if info.version else ""
                 click.echo(f"  {info.name}{version} ({info.module}): {state}")
+                if info.ok:
+                    click.echo(f"      hooks: {', '.join(registry.hooks(info.name)) or 'none'}")
+                    if info.registered:
+                        click.echo(f"      registers: {', '.join(info.registered)}")
 
 
 def _echo_recipes(spec) -> None:

@@ -179,6 +179,13 @@ class Registry:
             return table[name]
         raise UnknownNameError(unknown_name_message(kind[:-1], name, table))
 
+    def hooks(self, plugin_name: str) -> list[str]:
+        """The hooks a loaded plugin implements, sorted (``[]`` for a broken or unknown one)."""
+        plugin = self.pm.get_plugin(plugin_name)
+        if plugin is None:
+            return []
+        return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
 

@@ -133,7 +133,8 @@ def make_executor(cluster: str, folder: str | os.PathLike, parameters: dict[str,
     try:
         import submitit
     except ImportError:
-        raise SweepError("the slurm and submitit-local launchers need submitit: pip install submitit") from None
+        raise SweepError("the slurm and submitit-local launchers need submitit, the extra segbench[slurm]: "
+                         "pip install 'segbench[slurm]' (or pip install submitit)") from None
     try:
         executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     except (RuntimeError, ValueError) as exc:  # e.g. no srun on this machine

@@ -52,7 +52,8 @@ def load_pydensecrf():
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as exc:
-        raise ConfigError(f"densecrf: the compiled CRF is not installed ({exc}); pip install pydensecrf2") from None
+        raise ConfigError(f"densecrf: the compiled CRF is not installed ({exc}), the extra segbench[crf]: "
+                          "pip install 'segbench[crf]' (or pip install pydensecrf2)") from None
     return dcrf
 
 

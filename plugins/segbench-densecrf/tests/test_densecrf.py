@@ -131,7 +131,7 @@ def test_out_of_range_options_are_one_line_config_errors(option, value, message)
 def test_missing_library_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(ConfigError, match="pip install pydensecrf2$"):
+    with pytest.raises(ConfigError, match=r"segbench\[crf\].*pip install pydensecrf2\)$"):
         create_postprocessor("densecrf")
 
 
