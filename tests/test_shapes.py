@@ -229,3 +229,20 @@ def test_clutter_zero_gives_plain_gradients():
         assert step.max() <= 8
         busy_step = np.abs(np.diff(busy_img.astype(int), axis=2)).mean()
         assert busy_step > step.mean()
+
+
+@pytest.mark.parametrize("keys, built", [
+    ({"labels", "labels_ignore"}, ["labels"]),
+    ({"labels", "mask"}, ["labels", "mask"]),
+    ({"labels", "boxes"}, ["boxes", "classes", "iscrowd", "labels", "masks"]),
+    (None, ["boxes", "classes", "iscrowd", "labels", "mask", "masks"]),
+])
+def test_select_targets_builds_only_what_is_read_and_the_same_values(keys, built):
+    full = ShapesDataset("val", **SMALL)
+    some = ShapesDataset("val", **SMALL).select_targets(keys)
+    for i in (0, 7, 199):
+        a, b = full[i], some[i]
+        assert sorted(b["target"]) == built
+        assert torch.equal(a["image"], b["image"])
+        for key in built:
+            assert torch.equal(a["target"][key], b["target"][key])

@@ -37,7 +37,7 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ pointing_tolerance = shapes_pointing_tolerance
 
 DISC, SQUARE, TRIANGLE, STAR, RING, CROSS = range(1, 7)
 _CHUNK = 256  # samples generated together (and kept) on first access
+INSTANCE_KEYS = frozenset({"boxes", "classes", "masks", "iscrowd"})  # built together, or not at all
 _BLOB_GRID = 6  # control points per side of the smooth blob field
 _MAX_BARS = 3
 _F0, _F1, _F255 = np.float32(0), np.float32(1), np.float32(255)
@@ -517,9 +518,23 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         self._length = self.options[f"num_{split}"]
         self._chunks: dict[int, ShapesSplit] = {}
+        self.target_keys: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return self._length
+
+    def select_targets(self, keys: Iterable[str] | None) -> "ShapesDataset":
+        """Build only these target keys from now on (None: all); ``labels`` always.
+
+        The engine calls it with the keys a method trains on or the metrics
+        read: a run that learns from image labels skips the masks and boxes
+        of every sample (most of the cost of ``__getitem__``).
+        """
+        self.target_keys = None if keys is None else frozenset(keys)
+        return self
+
+    def _wants(self, key: str) -> bool:
+        return self.target_keys is None or key in self.target_keys
 
     @property
     def num_classes(self) -> int:
@@ -561,18 +576,19 @@ class ShapesDataset(torch.utils.data.Dataset):
         n = len(classes)
         labels = torch.zeros(len(CLASSES), dtype=torch.float32)
         labels[classes] = 1.0
+        target: dict[str, Any] = {"labels": labels}
+        if self._wants("mask"):
+            target["mask"] = tv_tensors.Mask(torch.from_numpy(chunk.semantic[j]))
+        if self.target_keys is None or self.target_keys & INSTANCE_KEYS:  # instances travel as a group
+            target["boxes"] = tv_tensors.BoundingBoxes(
+                torch.from_numpy(chunk.boxes[j].copy()), format="XYXY", canvas_size=(size, size)
+            )
+            target["classes"] = classes
+            target["masks"] = tv_tensors.Mask(ids[None] == torch.arange(1, n + 1, dtype=torch.uint8)[:, None, None])
+            target["iscrowd"] = torch.zeros(n, dtype=torch.bool)
         sample = {
             "image": tv_tensors.Image(torch.from_numpy(chunk.images[j].copy())),
-            "target": {
-                "labels": labels,
-                "mask": tv_tensors.Mask(torch.from_numpy(chunk.semantic[j])),
-                "boxes": tv_tensors.BoundingBoxes(
-                    torch.from_numpy(chunk.boxes[j].copy()), format="XYXY", canvas_size=(size, size)
-                ),
-                "classes": classes,
-                "masks": tv_tensors.Mask(ids[None] == torch.arange(1, n + 1, dtype=torch.uint8)[:, None, None]),
-                "iscrowd": torch.zeros(n, dtype=torch.bool),
-            },
+            "target": target,
             "meta": {"id": f"{self.split}_{index:06d}", "path": None, "orig_size": (size, size)},
         }
         if self.transforms is not None:
