@@ -257,17 +257,26 @@ def _print_metrics(record: dict) -> None:
 @click.option("--save-predictions", default=None, type=click.Path(dir_okay=False),
               help="Write instance predictions as a COCO results JSON (score it with segbench coco-eval).")
 @click.option("--quiet", "-q", is_flag=True)
-def eval_command(run_id, dataset, split, root, device, runs_dir, save_predictions, quiet) -> None:
+@click.option("--tta", default=None, help="Test-time augmentation: flip, ms:0.5,1.0,1.5, ms:...+flip, or '' "
+                                          "for none (default: the run's).")
+@click.option("--slide", default=None, metavar="SIZE,STRIDE", help="Sliding-window evaluation, or '' for none "
+                                                                  "(default: the run's).")
+def eval_command(run_id, dataset, split, root, device, runs_dir, save_predictions, quiet, tta, slide) -> None:
     """Evaluate a finished run's weights on a dataset and split."""
     from segbench.engine.reeval import evaluate_run
 
     if save_predictions and Path(save_predictions).exists():
         raise click.UsageError(f"{save_predictions} already exists; choose another file")
     record = evaluate_run(run_id, dataset=dataset, split=split, root=root, device=device, runs=runs_dir,
-                          progress=not quiet, save_predictions=save_predictions)
+                          progress=not quiet, save_predictions=save_predictions, tta=tta, slide=slide)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     _print_metrics(record)
+    train = record["config"]["train"]
+    if train.get("tta") or train.get("slide"):
+        from segbench.engine.tta import tta_label
+
+        click.echo(f"  test-time: {tta_label(train.get('tta', ''), train.get('slide', ''))}")
     if save_predictions:
         click.echo(f"predictions: {save_predictions}")
 

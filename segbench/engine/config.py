@@ -58,6 +58,8 @@ class TrainConfig:
     init: str = ""  # start from these weights: a finished run's id or a weights file (--init); "" = as built
     elastic_alpha: float = 0.0  # elastic deformation (torchvision ElasticTransform) magnitude in pixels; 0 = off
     elastic_sigma: float = 5.0  # its smoothness: the Gaussian sigma of the displacement field, pixels
+    tta: str = ""  # test-time augmentation: "" | "flip" | "ms:0.5,0.75,1.0" | "ms:...+flip" (segbench.engine.tta)
+    slide: str = ""  # sliding-window evaluation "SIZE,STRIDE" (mmsegmentation's slide mode); "" = whole images
 
     def validate(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "step", "constant"),
@@ -99,13 +101,20 @@ class TrainConfig:
                               f"{self.elastic_sigma!r}")
         if isinstance(self.warp_size, bool) or not isinstance(self.warp_size, int) or self.warp_size < 0:
             raise ConfigError(f"warp_size must be 0 (off) or a size in pixels, got {self.warp_size!r}")
+        from segbench.engine.tta import parse_slide, parse_tta
+
+        parse_tta(self.tta)
+        self.tta = (self.tta or "").strip()
+        window = parse_slide(self.slide)  # --set slide=512,341 arrives as a tuple
+        self.slide = f"{window[0]},{window[1]}" if window else ""
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engine fills from the dataset/method
 
 
-LATE_TRAIN_FIELDS: dict[str, Any] = {"warp_size": 0, "init": "", "elastic_alpha": 0.0, "elastic_sigma": 5.0}
+LATE_TRAIN_FIELDS: dict[str, Any] = {"warp_size": 0, "init": "", "elastic_alpha": 0.0, "elastic_sigma": 5.0,
+                                     "tta": "", "slide": ""}
 """Train fields added after records existed, each with its neutral value (the one that trains as before the field
 existed). At that value the field stays out of ``config_id`` (:func:`identity_dict`), so adding a field does not
 split records that ran before it from identical runs after it; like ``world_size``, which enters the hash only

@@ -126,9 +126,35 @@ def _resize_images(images, eval_size: int):
     return [TF.resize(img, [eval_size, eval_size], antialias=True) for img in images]
 
 
+def predict_images(model, images: Sequence[Any], sizes: Sequence[tuple[int, int]], normalize: Normalizer, device, *,
+                   amp: str = "off", eval_size: int = 0, postprocessors: Sequence[Callable] = (),
+                   full_maps: bool = True, tta: str = "", slide: str = "") -> list[dict]:
+    """Predictions of uint8 ``images`` ``[3, H, W]`` (any sizes), each at its original size in ``sizes``.
+
+    The evaluation path, shared with ``segbench predict``: images resized to
+    ``eval_size`` squares when set, grouped by size, normalised, predicted
+    (through :mod:`segbench.engine.tta` when ``tta`` or ``slide`` is set),
+    then :func:`finish_prediction`.
+    """
+    from segbench.engine.tta import TestTime
+
+    test_time = TestTime.parse(tta, slide)
+    inputs_all = _resize_images(images, eval_size)
+    predictions: list[dict] = [None] * len(images)  # type: ignore[list-item]
+    for group in group_by_size(inputs_all):
+        inputs = normalize([inputs_all[i] for i in group])
+        with autocast(device, amp):
+            outputs = test_time.predict(model.predict, inputs)
+        for i, output in zip(group, outputs):
+            predictions[i] = finish_prediction(output, images[i], tuple(sizes[i]), tuple(inputs.shape[-2:]),
+                                               postprocessors, full_maps)
+    return predictions
+
+
 def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, amp: str = "off",
              eval_size: int = 0, channels_last: bool = False, progress: bool = True,
-             postprocessors: Sequence[Callable] = (), dist: DistInfo = SINGLE) -> EvalResult:
+             postprocessors: Sequence[Callable] = (), dist: DistInfo = SINGLE, tta: str = "",
+             slide: str = "") -> EvalResult:
     """Run ``model.predict`` over ``loader`` and return every metric's ``compute()`` (keys prefixed when needed).
 
     Each prediction is resized to its image's original size, then passed
@@ -136,6 +162,8 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
     uint8 image at its original size), then to the metrics
     (:func:`finish_prediction`). All ``C`` score maps are resized only when
     a metric or a post-processor needs them (:func:`needs_full_score_maps`).
+    ``tta`` and ``slide`` (:mod:`segbench.engine.tta`) augment each batch's
+    prediction; at ``""`` the plain ``model.predict`` runs.
 
     With several processes (``dist``), each evaluates its shard (a
     :class:`segbench.engine.data.ShardedEvalSampler`); the metric states, the
@@ -154,16 +182,10 @@ def evaluate(model, loader, metrics: Mapping[str, Any], device, mean, std, *, am
     with torch.inference_mode():
         for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress or not dist.is_main,
                           dynamic_ncols=True):
-            images = _resize_images(batch["images"], eval_size)
-            predictions: list[dict] = [None] * len(images)  # type: ignore[list-item]
-            for group in group_by_size(images):
-                inputs = normalize([images[i] for i in group])
-                with autocast(device, amp):
-                    outputs = model.predict(inputs)
-                for i, output in zip(group, outputs):
-                    orig = tuple(batch["metas"][i]["orig_size"])
-                    predictions[i] = finish_prediction(output, batch["images"][i], orig, tuple(inputs.shape[-2:]),
-                                                       postprocessors, full_maps)
+            images = batch["images"]
+            sizes = [tuple(meta["orig_size"]) for meta in batch["metas"]]
+            predictions = predict_images(model, images, sizes, normalize, device, amp=amp, eval_size=eval_size,
+                                         postprocessors=postprocessors, full_maps=full_maps, tta=tta, slide=slide)
             targets = targets_to(batch["targets"], torch.device("cpu"))
             for metric in metrics.values():
                 metric.update(predictions, targets)

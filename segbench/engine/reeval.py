@@ -34,11 +34,14 @@ def build_run_model(method_spec: Any, num_classes: int, store: Any, record: dict
 
 def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
                  device: str = "auto", runs: str | os.PathLike | None = None, progress: bool = True,
-                 save_predictions: str | os.PathLike | None = None) -> dict[str, Any]:
+                 save_predictions: str | os.PathLike | None = None, tta: str | None = None,
+                 slide: str | None = None) -> dict[str, Any]:
     """Rebuild the run's method from its record, load its weights and evaluate; returns a record-like dict.
 
     ``save_predictions`` writes the instance predictions as a COCO results
-    JSON (methods with ``instances`` outputs only).
+    JSON (methods with ``instances`` outputs only). ``tta`` and ``slide``
+    (:mod:`segbench.engine.tta`) replace the run's own (``None``: the run's;
+    ``""``: none); the returned config says which were used.
 
     In a process group (torchrun), each process evaluates a contiguous shard
     and rank 0 computes the metrics from the gathered states: the numbers
@@ -75,6 +78,7 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
             f"--save-predictions writes COCO results of instance predictions; method '{method_spec.name}' "
             f"on dataset '{dataset_spec.name}' has none (outputs: {', '.join(sorted(method_spec.outputs))})"
         )
+    test_time = run_test_time(method_spec, record, tta, slide)
     config = resolve_config(method_spec, dataset_spec, specs, record["recipe"], {}, chain)
     for name, options in (saved_post or {}).items():  # the run's own post-processing options
         config.postprocess.get(name, {}).update(options)
@@ -95,10 +99,27 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
         check_distributable(metrics, dist.world_size)
         post = postprocess_objects(chain, config, method_spec, dataset_spec)
         result = evaluate(model, loader, metrics, torch_device, dataset_spec.mean, dataset_spec.std,
-                          eval_size=train.get("eval_size", 0), progress=progress, postprocessors=post, dist=dist)
+                          eval_size=train.get("eval_size", 0), progress=progress, postprocessors=post, dist=dist,
+                          tta=test_time["tta"], slide=test_time["slide"])
         if save_predictions is not None and dist.is_main:
             metrics["coco_ap"].save_predictions(save_predictions)
+        used = {**record["config"], "train": {**train, **test_time}}
         return {**record, "dataset": dataset_spec.name, "split": split, "metrics": result.metrics,
-                "timings": {"total_s": result.seconds, "eval_s": result.seconds}}
+                "config": used, "timings": {"total_s": result.seconds, "eval_s": result.seconds}}
     finally:
         teardown(dist)
+
+
+def run_test_time(method_spec: Any, record: dict[str, Any], tta: str | None = None,
+                  slide: str | None = None) -> dict[str, str]:
+    """``{"tta", "slide"}``: the given ones, else the run's own (older records: none), checked against the method."""
+    from segbench.engine.tta import check_method, parse_slide, parse_tta
+
+    train = record["config"]["train"]
+    tta = train.get("tta", "") if tta is None else tta.strip()
+    slide = train.get("slide", "") if slide is None else slide
+    parse_tta(tta)
+    window = parse_slide(slide)
+    chosen = {"tta": tta, "slide": f"{window[0]},{window[1]}" if window else ""}
+    check_method(method_spec, **chosen)
+    return chosen

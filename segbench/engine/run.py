@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from segbench.engine.config import ResolvedConfig, default_recipe, identity_dict, resolve_config
+from segbench.engine.tta import check_method as check_test_time
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
@@ -283,6 +284,7 @@ def run_experiment(
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
     config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
+    check_test_time(method_spec, config.train.tta, config.train.slide)  # instances cannot be averaged
     needs = method_spec.recipes[recipe].requires_init
     if needs and not config.train.init:
         raise ConfigError(f"recipe '{method}:{recipe}' starts from {needs}: pass --init RUN_ID (or a weights file)")
@@ -514,7 +516,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
                               amp=config.train.amp, eval_size=config.train.eval_size,
                               channels_last=config.train.channels_last, progress=progress, postprocessors=post,
-                              dist=dist)
+                              dist=dist, tta=config.train.tta, slide=config.train.slide)
         costs = distributed.gather({"images": trained.images, "rss": peak_rss_mb(),
                                     "cuda": cuda_peak_mb(torch_device)}, dist)
         if dist.is_main:

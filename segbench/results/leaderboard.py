@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segbench.engine.tta import tta_label
 from segbench.errors import ConfigError, SegbenchError
 from segbench.results.published import (
     DATASET_NAMES, METHOD_NAMES, METRIC_NAMES, display_dataset, display_method, display_metric, load_published,
@@ -88,7 +89,8 @@ def runs_frame(records: Iterable[RunRecord | Mapping[str, Any]]):
 
 
 def method_label(record: Any) -> str:
-    """The method's name plus the post-processors a user asked for: ``deeplab_v1+densecrf``.
+    """The method's name plus the post-processors a user asked for: ``deeplab_v1+densecrf``, and the test-time
+    augmentation when set: ``deeplab_v3 [ms 0.5-1.75, flip]`` (:func:`segbench.engine.tta.tta_label`).
 
     The automatic class-map rule (``cam_mask``) is not named: every
     image-supervised run has it.
@@ -96,7 +98,9 @@ def method_label(record: Any) -> str:
     config = record.config if hasattr(record, "config") else record.get("config", {})
     extra = [name for name in (config or {}).get("postprocess") or {} if name != "cam_mask"]
     method = record.method if hasattr(record, "method") else record["method"]
-    return "+".join([method, *extra])
+    train = (config or {}).get("train") or {}
+    tag = tta_label(train.get("tta", ""), train.get("slide", "")) if train.get("tta") or train.get("slide") else ""
+    return "+".join([method, *extra]) + (f" [{tag}]" if tag else "")
 
 
 def summary_frame(records: Iterable[RunRecord | Mapping[str, Any]] | Any):
@@ -535,7 +539,7 @@ def _dataset_order(slot: tuple[str, Any]) -> tuple:
 
 def _method_order(name: str) -> tuple:
     known = list(METHOD_NAMES)
-    base = name.split("+")[0]
+    base = name.split(" [")[0].split("+")[0]
     return (known.index(base) if base in known else len(known), name)
 
 

@@ -71,8 +71,11 @@ class PublishedError(SegbenchError):
 
 
 def display_method(name: str) -> str:
-    """``"wildcat"`` -> ``"WILDCAT"``, ``"deeplab_v1+densecrf"`` -> ``"DeepLab v1 + CRF"``; unknown names unchanged."""
-    return " + ".join(METHOD_NAMES.get(part, part) for part in name.split("+"))
+    """``"wildcat"`` -> ``"WILDCAT"``, ``"deeplab_v1+densecrf"`` -> ``"DeepLab v1 + CRF"``; unknown names unchanged.
+    A test-time tag stays: ``"deeplab_v3 [flip]"`` -> ``"DeepLab v3 [flip]"``."""
+    name, sep, tag = name.partition(" [")
+    shown = " + ".join(METHOD_NAMES.get(part, part) for part in name.split("+"))
+    return f"{shown} [{tag}" if sep else shown
 
 
 def display_dataset(name: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from segbench.engine.tta import average_views
 
 
 def multiscale_probabilities(
@@ -21,22 +22,10 @@ def multiscale_probabilities(
     the logits are resized back to ``H x W`` (bilinear), turned into
     probabilities (softmax over classes) and averaged over every scale and
     flip, as DeepLab v2/v3 evaluate (flipped outputs are flipped back first).
+    The engine's averaging (:func:`segbench.engine.tta.average_views`) with the
+    softmax applied to each view's logits: the engine's own ``tta`` averages
+    the probabilities ``predict`` returns instead (softmax before the resize),
+    so the recipes keep this one. DeepLab v2's MSC (max over scales, in
+    training and inference) is :func:`segbench.nn.multiscale.multiscale_max`.
     """
-    size = tuple(images.shape[-2:])
-    total, count = None, 0
-    for scale in scales:
-        x = images
-        if scale != 1.0:
-            scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            x = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False)
-        views = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
-        for view, flipped in views:
-            logits = logits_fn(view).float()
-            if flipped:
-                logits = logits.flip(-1)
-            if tuple(logits.shape[-2:]) != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            probs = logits.softmax(dim=1)
-            total = probs if total is None else total + probs
-            count += 1
-    return total / count
+    return average_views(logits_fn, images, scales, flip, post=lambda logits: logits.softmax(dim=1))

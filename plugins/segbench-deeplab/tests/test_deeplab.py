@@ -261,6 +261,37 @@ def test_multiscale_and_flip_equal_manual_averaging():
     assert not torch.allclose(got, single, atol=1e-4)  # the options do something
 
 
+def _former_multiscale_probabilities(logits_fn, images, scales=(1.0,), flip=False):
+    """DeepLab's own averaging before it used the engine's (segbench.engine.tta.average_views), verbatim."""
+    size = tuple(images.shape[-2:])
+    total, count = None, 0
+    for scale in scales:
+        x = images
+        if scale != 1.0:
+            scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            x = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False)
+        views = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
+        for view, flipped in views:
+            logits = logits_fn(view).float()
+            if flipped:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            probs = logits.softmax(dim=1)
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("scales, flip", [((1.0,), False), ((1.0,), True), ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), True)])
+def test_multiscale_probabilities_are_bit_identical_to_the_former_code(scales, flip):
+    model = tiny("v3").eval()
+    images, _ = batch(2, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(multiscale_probabilities(model, images, scales, flip),
+                           _former_multiscale_probabilities(model, images, scales, flip))
+
+
 def test_flip_is_undone_before_averaging():
     images = torch.randn(1, 3, 8, 10)
     equivariant = lambda x: x[:, :2] * 5  # noqa: E731 - a flipped input gives exactly flipped scores

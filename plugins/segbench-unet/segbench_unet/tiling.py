@@ -258,6 +258,11 @@ def tiled_probabilities(network, image, num_classes: int, geometry: TileGeometry
 
     Written into ``out`` when given. Runs without autograd; memory beyond one
     tile's forward pass: the ``[C, H, W]`` result.
+
+    Not the engine's sliding window (``slide``, :func:`segbench.engine.tta.slide_predict`): that one averages
+    the overlapping outputs of windows cut from the zero-padded image, while the overlap-tile strategy keeps
+    only each tile's centre (its context margin mirrored, never averaged), which makes it equal one pass over
+    the canvas (module docstring). The two give different numbers, so U-Net keeps its own.
     """
     import torch
 
