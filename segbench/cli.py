@@ -41,7 +41,8 @@ def list_command(what: str, recipes: bool) -> None:
         elif section == "datasets":
             for name, spec in sorted(registry.datasets.items()):
                 annotations = ",".join(sorted(spec.annotations))
-                click.echo(f"  {name:<16} {len(spec.classes):>3} classes  {annotations:<30} [{spec.plugin}]")
+                count = "classes from files" if spec.classes_from_files else f"{len(spec.classes):>3} classes"
+                click.echo(f"  {name:<16} {count:<18} {annotations:<30} [{spec.plugin}]")
         elif section == "metrics":
             for name, spec in sorted(registry.metrics.items()):
                 click.echo(f"  {name:<16} {spec.description}")
@@ -373,10 +374,12 @@ def data_export(name, fmt, out, split, segmentation, overrides, overwrite) -> No
     from segbench.data.export import export
     from segbench.engine.config import parse_overrides
     from segbench.plugins import get_registry
+    from segbench.specs import resolve_classes
 
     spec = get_registry().dataset(name)
     split = split or spec.eval_split
     dataset = create_dataset(name, split, **parse_overrides(overrides))
+    spec = resolve_classes(spec, dataset)  # the classes read from the files, if so
     extra = {"segmentation": segmentation} if fmt == "coco" else {}
     paths = export(dataset, out, split, format=fmt, class_names=spec.classes, overwrite=overwrite, **extra)
     click.echo(f"wrote {len(paths)} files under {out}")

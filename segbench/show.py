@@ -30,7 +30,8 @@ def load_run(run_id: str, runs: str | os.PathLike | None = None, device: str = "
     registry = get_registry()
     method_spec = registry.method(record["method"])
     dataset_spec = registry.dataset(record["dataset"])
-    model = build_run_model(method_spec, dataset_spec.num_classes, store, record)
+    classes = len(record["class_names"]) if dataset_spec.classes_from_files else dataset_spec.num_classes
+    model = build_run_model(method_spec, classes, store, record)
     torch_device = resolve_device(device)
     return {"record": record, "method": method_spec, "dataset": dataset_spec,
             "data": {**dataset_spec.options, **record["config"]["data"]},
@@ -49,6 +50,7 @@ def show_run(run_id: str, out: str | os.PathLike, *, images: int = 6, max_classe
 
     from segbench.api import create_dataset
     from segbench.engine.data import Normalizer
+    from segbench.specs import resolve_classes
     from segbench.engine.evaluate import resize_prediction
 
     out = Path(out)
@@ -61,6 +63,7 @@ def show_run(run_id: str, out: str | os.PathLike, *, images: int = 6, max_classe
     if "score_maps" not in run["method"].outputs:
         raise ConfigError(f"method '{record['method']}' has no score maps to show")
     data = create_dataset(dataset_spec.name, split or record["split"], root=root, **run["data"])
+    dataset_spec = resolve_classes(dataset_spec, data)  # the classes read from the files, if so
     if start < 0 or start >= len(data):
         raise ConfigError(f"--start {start} is outside the split's {len(data)} images")
     indices = list(range(start, min(start + images, len(data))))

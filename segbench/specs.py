@@ -33,7 +33,7 @@ just the classes it keeps).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 TARGET_KEYS = ("labels", "labels_ignore", "mask", "boxes", "classes", "masks", "iscrowd")
@@ -175,6 +175,12 @@ class DatasetSpec:
     recipe a run gets without ``--recipe`` (``paper`` for real data, ``quick``
     for ``shapes``); ``crop_size`` the training crop of a recipe that sets
     none (0: whole images, padded into batches).
+
+    ``classes_from_files``: the classes (and the background) are read from the
+    dataset's own files (``folder``, ``voc_format``, ``coco_format``);
+    ``classes`` is then a placeholder, and the built dataset carries the real
+    ``classes`` and ``background``: :func:`resolve_classes` gives the spec
+    the engine uses once the dataset is built.
     """
 
     name: str
@@ -198,6 +204,7 @@ class DatasetSpec:
     citation: str = ""
     url: str = ""
     plugin: str = ""
+    classes_from_files: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "annotations", _frozen(self.annotations) | {"labels"})
@@ -228,6 +235,25 @@ class DatasetSpec:
                 raise ValueError(f"dataset '{self.name}': split '{split}' not in {list(self.splits)}")
         if self.background is not None and not 0 <= self.background < len(self.classes):
             raise ValueError(f"dataset '{self.name}': background index out of range")
+
+
+def resolve_classes(spec: DatasetSpec, *datasets: Any) -> DatasetSpec:
+    """``spec`` with the classes and background of the built ``datasets`` when its classes come from files
+    (``classes_from_files``); else ``spec`` itself. Datasets that disagree (a training file with other
+    categories than the evaluation file) are a ``ConfigError``: one model cannot predict both."""
+    if not spec.classes_from_files or not datasets:
+        return spec
+    from segbench.errors import ConfigError
+
+    first = datasets[0]
+    classes, background = tuple(first.classes), first.background
+    for other in datasets[1:]:
+        if tuple(other.classes) != classes or other.background != background:
+            raise ConfigError(
+                f"dataset '{spec.name}': split '{other.split}' has classes {list(other.classes)} (background "
+                f"{other.background}) but split '{first.split}' has {list(classes)} (background {background})"
+            )
+    return replace(spec, classes=classes, background=background)
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,51 @@ SCENE15 = DatasetSpec(
     url="https://figshare.com/articles/dataset/15-Scene_Image_Dataset/7007177",
 )
 
-REAL_DATASETS = (VOC2012, VOC2007, COCO, MIT67, SCENE15)
+
+# -- datasets from files, no code (classes from the files; see docs/datasets.md) -------------------------------
+FROM_FILES = ("<classes from files>",)
+"""The placeholder class tuple of a spec whose classes are read from its files (``classes_from_files``)."""
+
+CHECK_OPTIONS: dict[str, Any] = {"skip_bad": False, "strict": False}
+"""Options of the datasets read from a user's files (nothing to download)."""
+
+SPLIT_OPTIONS: dict[str, Any] = {"val_fraction": 0.2, "split_seed": 0}
+"""The hash split of one set of files into train and val (``segbench.data.files.hash_split``)."""
+
+
+def from_files(name: str, build: Callable[..., Any], splits: tuple[str, ...], annotations: set[str],
+               options: dict[str, Any], description: str, **extra: Any) -> DatasetSpec:
+    """The spec of a dataset whose classes are read from its files: the placeholder classes, train on ``train``,
+    evaluate on ``val``, multi-label metric defaults."""
+    return DatasetSpec(name=name, build=build, classes=FROM_FILES, splits=splits, annotations=frozenset(annotations),
+                       options={**CHECK_OPTIONS, **options}, background=None, train_split="train", eval_split="val",
+                       metric_defaults=MULTI_LABEL, classes_from_files=True, description=description, **extra)
+
+
+FOLDER = from_files(
+    "folder", _build("folder", "FolderDataset"), ("train", "val", "test"), {"labels", "mask"},
+    {**SPLIT_OPTIONS, "void": 255, "background": None},
+    "Your own images/ + masks/ (palette or grey PNGs) + classes.txt or datumaro's dataset_meta.json; "
+    "labels derived from the masks; splits/{train,val,test}.txt or a seeded hash split",
+)
+
+VOC_FORMAT = from_files(
+    "voc_format", _build("voc", "VOCFormat"), ("train", "val", "trainval", "test"), {"labels", "mask"},
+    {"background": None},
+    "Any data in the PASCAL VOC segmentation layout (CVAT / datumaro exports): classes from labelmap.txt, "
+    "classes.txt or VOC's 21; Annotations/ optional (labels from the masks without it)",
+)
+
+COCO_FORMAT = from_files(
+    "coco_format", _build("coco", "CocoFormat"), ("train", "val"),
+    {"labels", "mask", "boxes", "classes", "masks", "iscrowd"},
+    {**SPLIT_OPTIONS, "annotations": None, "images": None, "train_annotations": None, "train_images": None},
+    "Any COCO instances file (--set annotations=FILE --set images=DIR): classes from its categories, "
+    "background prepended; train from train_annotations or a seeded hash split of the one file",
+    needs_root=False,
+)
+
+REAL_DATASETS = (VOC2012, VOC2007, COCO, MIT67, SCENE15, FOLDER, VOC_FORMAT, COCO_FORMAT)
 """The on-disk datasets, in registration order."""
 
 

@@ -34,7 +34,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from segbench.data.files import (FileDataset, FileProblem, check_image, check_in
                                   sizes_digest)
 from segbench.errors import ConfigError, DataError
 
-__all__ = ["COCO", "CocoDataset", "semantic_from_rles", "semantic_mask"]
+__all__ = ["COCO", "CocoDataset", "CocoFormat", "semantic_from_rles", "semantic_mask"]
 
 YEARS = ("2014", "2017")
 VOID = 255
@@ -57,13 +57,17 @@ class CocoDataset(FileDataset):
 
     ``categories`` (``(id, name)`` pairs) are the ones the file must have
     (the registered ``coco`` passes COCO's 80); None takes them from the file
-    (e.g. a ``segbench data export`` of ``shapes``).
+    (e.g. a ``segbench data export`` of ``shapes``). ``annotation_file`` and
+    ``image_dir`` replace the layout's ``annotations/instances_{split}{year}.json``
+    and ``{split}{year}/``; ``keep`` (a function of an image's file stem)
+    selects the samples of a split drawn from one file.
     """
 
     def __init__(self, root: Any, split: str = "val", *, year: Any = 2017,
                  categories: Sequence[tuple[int, str]] | None = None, name: str = "coco",
                  official_counts: dict[str, int] | None = None, download: bool = False,
-                 skip_bad: bool = False, strict: bool = False) -> None:
+                 skip_bad: bool = False, strict: bool = False, annotation_file: Any = None, image_dir: Any = None,
+                 keep: Callable[[str], bool] | None = None) -> None:
         self.name = name
         super().__init__(root, split, skip_bad=skip_bad, strict=strict, download=download)
         self.year = str(year)
@@ -71,9 +75,9 @@ class CocoDataset(FileDataset):
         self.hint = _hint(self.year)
         if download:
             self._download()
-        base = need_root(name, root, self.hint)
-        self.annotation_file = base / "annotations" / f"instances_{split}{self.year}.json"
-        self.image_dir = base / f"{split}{self.year}"
+        base = need_root(name, root, self.hint) if annotation_file is None else Path(annotation_file).parent
+        self.annotation_file = Path(annotation_file or base / "annotations" / f"instances_{split}{self.year}.json")
+        self.image_dir = Path(image_dir or base / f"{split}{self.year}")
         if not self.annotation_file.is_file():
             raise DataError(f"{base}: not a COCO {self.year} layout (missing annotations/{self.annotation_file.name}); "
                             f"{self.hint}")
@@ -84,6 +88,8 @@ class CocoDataset(FileDataset):
         self._global: list[Problem] = []
         self._set_classes(categories)
         self.records = sorted(self.coco.imgs)
+        if keep is not None:
+            self.records = [i for i in self.records if keep(Path(str(self.coco.imgs[i].get("file_name", ""))).stem)]
         named = [(i, self.coco.imgs[i].get("file_name")) for i in self.records]
         named = [(i, n) for i, n in named if isinstance(n, str)]
         check_inside([n for _, n in named], self.image_dir, self.annotation_file, "file_name",
@@ -257,6 +263,46 @@ class COCO(CocoDataset):
             raise ConfigError(f"dataset 'coco': year must be 2014 or 2017, got {year!r}")
         super().__init__(root, split, year=year, categories=COCO_CATEGORIES, name="coco",
                          official_counts=OFFICIAL_COUNTS[f"coco{year}"], **options)
+
+
+class CocoFormat(CocoDataset):
+    """``coco_format``: any COCO instances file and its image folder; classes from its categories.
+
+    ``annotations`` / ``images`` are the file and folder of the evaluation
+    split ``val``; ``train`` reads ``train_annotations`` / ``train_images``
+    when given, else ``train`` and ``val`` are a seeded hash split of the one
+    file's images (``val_fraction``, ``split_seed``): they never share an image.
+    Relative paths are taken from ``root`` when there is one.
+    """
+
+    def __init__(self, root: Any, split: str = "val", *, annotations: Any = None, images: Any = None,
+                 train_annotations: Any = None, train_images: Any = None, val_fraction: float = 0.2,
+                 split_seed: int = 0, **options: Any) -> None:
+        from segbench.data.files import check_split_options, hash_split
+
+        if annotations is None or images is None:
+            raise ConfigError("dataset 'coco_format' needs --set annotations=FILE (a COCO instances JSON) and "
+                              "--set images=DIR (the folder its file_names are in)")
+        check_split_options("coco_format", val_fraction, split_seed)
+        own_train = train_annotations is not None
+        if split == "train" and own_train:
+            annotations, images = train_annotations, train_images if train_images is not None else images
+        paths = [Path(p).expanduser() for p in (annotations, images)]
+        if root is not None:
+            paths = [p if p.is_absolute() else Path(root).expanduser() / p for p in paths]
+        for path, what, ok in ((paths[0], "annotations", paths[0].is_file()), (paths[1], "images", paths[1].is_dir())):
+            if not ok:
+                raise DataError(f"{path}: no such {'file' if what == 'annotations' else 'directory'} (option "
+                                f"{'train_' if split == 'train' and own_train else ''}{what} of coco_format)")
+        self.split_rule = "files" if own_train else f"hash {split_seed} {float(val_fraction)}"
+        keep = None if own_train else (lambda stem: hash_split(stem, split_seed, val_fraction) == split)
+        super().__init__(root, split, categories=None, name="coco_format", annotation_file=paths[0],
+                         image_dir=paths[1], keep=keep, **options)
+        self.release = "coco_format"
+
+    def _identity(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "file": self.annotation_file.name, "images": self.image_dir.name,
+                "split_rule": self.split_rule}
 
 
 def load_coco(path: Path) -> tuple[Any, bytes]:

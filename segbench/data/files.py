@@ -117,6 +117,82 @@ def read_index_png(path: Any, what: str = "mask") -> np.ndarray:
         raise FileProblem(path, _unreadable(exc, what)) from None
 
 
+VOID_COLOR = (224, 224, 192)
+"""The VOC palette's colour of index 255: void in a colour-coded RGB mask (unless a class has that colour)."""
+
+
+def read_label_png(path: Any, colors: Sequence[Sequence[int]] | None = None, what: str = "mask") -> np.ndarray:
+    """A label PNG as uint8 ``[H, W]`` indices: palette or grey as stored (:func:`read_index_png`); with
+    ``colors`` (one ``(r, g, b)`` per class) an RGB mask too, each colour mapped to its class."""
+    if colors is None:
+        return read_index_png(path, what)
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("RGB", "RGBA"):
+                return colors_to_indices(np.asarray(img.convert("RGB")), colors, path, what)
+    except FileNotFoundError:
+        raise FileProblem(path, "missing file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise FileProblem(path, _unreadable(exc, what)) from None
+    return read_index_png(path, what)
+
+
+def colors_to_indices(rgb: np.ndarray, colors: Sequence[Sequence[int]], path: Any, what: str = "mask") -> np.ndarray:
+    """uint8 ``[H, W]`` class indices of an RGB mask ``[H, W, 3]``: ``colors[k]`` gives ``k``, :data:`VOID_COLOR`
+    255; any other colour is a :class:`FileProblem` naming it and a pixel."""
+    table = np.asarray(colors, dtype=np.int64).reshape(-1, 3)
+    keys = (table[:, 0] << 16) | (table[:, 1] << 8) | table[:, 2]
+    values = np.arange(len(keys), dtype=np.int64)
+    void = (VOID_COLOR[0] << 16) | (VOID_COLOR[1] << 8) | VOID_COLOR[2]
+    if void not in keys:
+        keys, values = np.append(keys, void), np.append(values, 255)
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    flat = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    position = np.minimum(np.searchsorted(keys, flat), len(keys) - 1)
+    unknown = keys[position] != flat
+    if unknown.any():
+        y, x = (int(v[0]) for v in np.nonzero(unknown))
+        raise FileProblem(path, f"{what} has colour {tuple(int(v) for v in rgb[y, x])} at pixel (x {x}, y {y}), "
+                                f"which is no class's colour")
+    return values[position].astype(np.uint8)
+
+
+def present_classes(mask: np.ndarray, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """The class indices a uint8 mask holds, and its values that are neither a class nor 255, in one pass."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    present = np.flatnonzero(counts[:num_classes])
+    counts[:num_classes] = 0
+    counts[255] = 0
+    return present, np.flatnonzero(counts).tolist()
+
+
+def labels_from_classes(present: np.ndarray, num_classes: int, background: int | None) -> torch.Tensor:
+    """float32 ``[C]`` multi-hot image labels of the classes ``present`` in a mask, the background never labelled."""
+    labels = torch.zeros(num_classes, dtype=torch.float32)
+    labels[torch.from_numpy(np.asarray(present, dtype=np.int64))] = 1.0
+    if background is not None:
+        labels[background] = 0.0
+    return labels
+
+
+def hash_split(key: str, seed: int, val_fraction: float) -> str:
+    """``"val"`` or ``"train"`` for sample ``key``: ``val`` when ``sha256(f"{seed}/{key}")`` (its first 15 hex
+    digits as a fraction of 16**15) is below ``val_fraction``. A sample's split depends on nothing else."""
+    value = int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:15], 16) / 16 ** 15
+    return "val" if value < val_fraction else "train"
+
+
+def check_split_options(name: str, val_fraction: Any, split_seed: Any) -> None:
+    """A :class:`ConfigError` unless ``0 < val_fraction < 1`` and ``split_seed`` is an integer."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ConfigError(f"dataset '{name}': option val_fraction must be a number between 0 and 1 (exclusive), "
+                          f"got {val_fraction!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise ConfigError(f"dataset '{name}': option split_seed must be an integer, got {split_seed!r}")
+
+
 def image_size(path: Any, what: str = "image") -> tuple[int, int]:
     """``(width, height)`` from the file header, without decoding pixels."""
     path = os.fspath(path)
@@ -129,12 +205,13 @@ def image_size(path: Any, what: str = "image") -> tuple[int, int]:
         raise FileProblem(path, _unreadable(exc, what)) from None
 
 
-def mask_size(path: Any, what: str = "mask") -> tuple[int, int]:
-    """``(width, height)`` of a label PNG from its header; a non-index mode is a :class:`FileProblem`."""
+def mask_size(path: Any, what: str = "mask", rgb: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of a label PNG from its header; a non-index mode is a :class:`FileProblem`
+    (``rgb``: colour-coded RGB masks are accepted too)."""
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
+            if img.mode not in (("P", "L", "RGB", "RGBA") if rgb else ("P", "L")):
                 raise FileProblem(path, f"{what} is a mode {img.mode} image; expected palette indices (mode P or L)")
             return img.size
     except FileNotFoundError:

@@ -46,16 +46,20 @@ from torchvision import tv_tensors
 
 from segbench.data.builtin import ARCHIVES, OFFICIAL_COUNTS, VOC_CLASSES
 from segbench.data.checks import Problem, error, warning
+from segbench.data.classlists import pick_background
 from segbench.data.files import (
     FileDataset,
     FileProblem,
     check_image,
     check_inside,
     file_digest,
+    labels_from_classes,
     mask_size,
     need_root,
     out_of_range,
+    present_classes,
     read_index_png,
+    read_label_png,
     read_lines,
     read_rgb,
     sizes_digest,
@@ -63,7 +67,7 @@ from segbench.data.files import (
 )
 from segbench.errors import ConfigError, DataError
 
-__all__ = ["VOC2007", "VOC2012", "VOCAnnotation", "VOCDataset", "find_voc_dir", "parse_voc_xml"]
+__all__ = ["VOC2007", "VOC2012", "VOCAnnotation", "VOCDataset", "VOCFormat", "find_voc_dir", "parse_voc_xml"]
 
 TASKS = ("segmentation", "classification")
 AUG_LISTS = ("ImageSets/Segmentation/trainaug.txt", "ImageSets/Segmentation/train_aug.txt",
@@ -117,9 +121,9 @@ def parse_voc_xml(data: bytes, path: Any) -> VOCAnnotation:
                          np.asarray(difficult, dtype=bool))
 
 
-def find_voc_dir(root: Any, year: str, hint: str) -> Path:
+def find_voc_dir(root: Any, year: str, hint: str, name: str | None = None) -> Path:
     """The ``VOC{year}`` folder: ``root`` itself, ``root/VOCdevkit/VOC{year}`` or ``root/VOC{year}``."""
-    base = need_root(f"voc{year}", root, hint)
+    base = need_root(name or f"voc{year}", root, hint)
     candidates = (base, base / "VOCdevkit" / f"VOC{year}", base / f"VOC{year}")
     for folder in candidates:
         if (folder / "JPEGImages").is_dir():
@@ -147,12 +151,17 @@ class VOCDataset(FileDataset):
     ``classes`` are the names the XML may use (index 0 the background); the
     registered ``voc2012`` / ``voc2007`` use VOC's 21, and any other class set
     (e.g. a ``segbench data export`` of ``shapes``) works the same way.
+    ``colors`` (one ``(r, g, b)`` per class) also reads colour-coded RGB class
+    masks (CVAT's and datumaro's VOC exports). ``annotations_optional``: a
+    layout without ``Annotations/`` is read too, with labels derived from the
+    class mask (every class present but the background) and no boxes.
     """
 
     def __init__(self, root: Any, split: str, *, year: str = "2012", task: str = "segmentation",
                  classes: Sequence[str] = VOC_CLASSES, background: int | None = 0, name: str | None = None,
                  official_counts: dict[str, int] | None = None, sbd_root: Any = None, download: bool = False,
-                 skip_bad: bool = False, strict: bool = False) -> None:
+                 skip_bad: bool = False, strict: bool = False, colors: Sequence[Sequence[int]] | None = None,
+                 annotations_optional: bool = False) -> None:
         if task not in TASKS:
             raise ConfigError(f"VOC task must be one of {', '.join(TASKS)}, got {task!r}")
         self.name = name or f"voc{year}"
@@ -163,7 +172,9 @@ class VOCDataset(FileDataset):
         self.hint = _hint(self.name, self.year)
         if download:
             self._download(sbd_root)
-        self.voc_dir = find_voc_dir(root, self.year, self.hint)
+        self.voc_dir = find_voc_dir(root, self.year, self.hint, self.name)
+        self.colors = colors
+        self.has_xml = not annotations_optional or (self.voc_dir / "Annotations").is_dir()
         self.sbd_dir: Path | None = None
         self.aug_dir: Path | None = None
         self.official = (official_counts or {}).get(split)
@@ -229,6 +240,9 @@ class VOCDataset(FileDataset):
             record.mask = self._mask_path(image_id)
             objects = voc / "SegmentationObject" / f"{image_id}.png"
             record.objects = objects if objects.is_file() else None
+        if not self.has_xml:  # labels from the class mask when it is decoded; no boxes, no instances
+            record.ann, record.objects = VOCAnnotation(None, [], np.zeros((0, 4), np.float32), np.zeros(0, bool)), None
+            return record
         try:
             data = record.xml.read_bytes()
         except FileNotFoundError:
@@ -275,6 +289,9 @@ class VOCDataset(FileDataset):
         labels = torch.zeros(c, dtype=torch.float32)
         ignore = torch.zeros(c, dtype=torch.bool)
         easy = record.classes[~ann.difficult]
+        if not self.has_xml:
+            mask = self._load_mask(record, record.mask, "mask", (width, height))
+            labels = labels_from_classes(present_classes(mask, c)[0], c, self.background)
         labels[torch.from_numpy(easy)] = 1.0
         ignore[torch.from_numpy(record.classes)] = True
         ignore[torch.from_numpy(easy)] = False
@@ -286,7 +303,8 @@ class VOCDataset(FileDataset):
             "classes": torch.from_numpy(record.classes.copy()),
         }
         if record.mask is not None and self.wants("mask"):
-            mask = self._load_mask(record, record.mask, "mask", (width, height))
+            if self.has_xml:
+                mask = self._load_mask(record, record.mask, "mask", (width, height))
             target["mask"] = tv_tensors.Mask(torch.from_numpy(mask))
         if record.objects is not None and self.wants("masks"):
             objects = self._load_mask(record, record.objects, "object mask", (width, height))
@@ -298,7 +316,12 @@ class VOCDataset(FileDataset):
 
     def _load_mask(self, record: _Record, path: Path, what: str, size: tuple[int, int] | None) -> np.ndarray:
         """A class mask (``what`` "mask", PNG or SBD .mat) or object mask, checked against the image and classes."""
-        array = _read_mat(path) if path.suffix == ".mat" else read_index_png(path, what)
+        if path.suffix == ".mat":
+            array = _read_mat(path)
+        elif self.colors is not None and what == "mask":
+            array = read_label_png(path, self.colors, what)
+        else:
+            array = read_index_png(path, what)
         found = (array.shape[1], array.shape[0])
         if size is not None and found != size:
             raise FileProblem(path, _size_message(what, found, size))
@@ -320,7 +343,7 @@ class VOCDataset(FileDataset):
         if record.problem is not None:
             p = record.problem
             problems.append(Problem(p.level, p.path, p.message, index))
-        elif size is not None and record.ann.size is not None and record.ann.size != size:
+        elif size is not None and record.ann is not None and record.ann.size is not None and record.ann.size != size:
             problems.append(warning(record.xml, "XML <size> is {}x{} px but the image is {}x{} px".format(
                 *record.ann.size, *size), index))
         for path, what in ((record.mask, "mask"), (record.objects, "object mask")):
@@ -333,7 +356,7 @@ class VOCDataset(FileDataset):
                     if not path.is_file():
                         raise FileProblem(path, "missing file")
                 else:
-                    found = mask_size(path, what)
+                    found = mask_size(path, what, rgb=self.colors is not None and what == "mask")
                     if size is not None and found != size:
                         raise FileProblem(path, _size_message(what, found, size))
             except FileProblem as exc:
@@ -392,6 +415,51 @@ class VOC2007(VOCDataset):
     def __init__(self, root: Any, split: str = "test", **options: Any) -> None:
         super().__init__(root, split, year="2007", task="classification", name="voc2007",
                          official_counts=OFFICIAL_COUNTS["voc2007"], **options)
+
+
+class VOCFormat(VOCDataset):
+    """``voc_format``: any data in the VOC segmentation layout (a CVAT or datumaro export, a VOC-style set).
+
+    Classes from ``labelmap.txt`` (``name:r,g,b::`` lines, in the VOC folder
+    or the root), else ``classes.txt``, else VOC's 21 (with the VOC palette's
+    colours); ``background`` picks the background (the class named
+    ``background`` by default). ``Annotations/`` is optional.
+    """
+
+    def __init__(self, root: Any, split: str = "val", *, background: Any = None, **options: Any) -> None:
+        hint = FORMAT_HINT
+        voc_dir = find_voc_dir(root, "2012", hint, "voc_format")
+        class_list = _voc_format_classes(voc_dir, Path(root).expanduser())
+        super().__init__(root, split, year="2012", task="segmentation", name="voc_format",
+                         classes=class_list.names, background=pick_background(class_list, background),
+                         colors=class_list.colors, annotations_optional=True, **options)
+        self.hint = hint
+        self.class_source = class_list.source
+
+    def _identity(self) -> dict[str, Any]:
+        return {**super()._identity(), "background": self.background, "annotations": self.has_xml,
+                "colors": [list(c) for c in self.colors] if self.colors else None}
+
+
+FORMAT_HINT = ("voc_format reads a folder holding JPEGImages/, SegmentationClass/ and "
+               "ImageSets/Segmentation/{split}.txt (Annotations/ optional), classes from labelmap.txt or classes.txt "
+               "(see docs/datasets.md)")
+
+
+def _voc_format_classes(voc_dir: Path, root: Path):
+    """The class list of a VOC-layout folder: labelmap.txt, else classes.txt, else VOC's 21 in the VOC palette."""
+    from segbench.data.classlists import ClassList, read_classes_txt, read_labelmap
+
+    for folder in dict.fromkeys((voc_dir, root)):
+        if (folder / "labelmap.txt").is_file():
+            return read_labelmap(folder / "labelmap.txt")
+    for folder in dict.fromkeys((voc_dir, root)):
+        if (folder / "classes.txt").is_file():
+            return read_classes_txt(folder / "classes.txt")
+    from segbench.data.export import voc_palette
+
+    palette = np.asarray(voc_palette(), dtype=np.int64).reshape(256, 3)[: len(VOC_CLASSES)]
+    return ClassList(VOC_CLASSES, voc_dir, tuple(tuple(int(v) for v in c) for c in palette))
 
 
 def _read_mat(path: Path) -> np.ndarray:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from segbench.errors import ConfigError, DataError
+from segbench.specs import resolve_classes
 
 
 def finished_record(store: Any, run_id: str) -> dict[str, Any]:
@@ -30,6 +31,15 @@ def build_run_model(method_spec: Any, num_classes: int, store: Any, record: dict
         raise DataError(f"{weights}: weights of run '{record['run_id']}' are missing")
     load_weights(model, weights)
     return model
+
+
+def check_class_count(record: dict[str, Any], dataset_spec: Any) -> None:
+    """A ConfigError when the run's model predicts another number of classes than the dataset has."""
+    if dataset_spec.num_classes != len(record.get("class_names", [])):
+        raise ConfigError(
+            f"run '{record['run_id']}' predicts {len(record.get('class_names', []))} classes; dataset "
+            f"'{dataset_spec.name}' has {dataset_spec.num_classes}"
+        )
 
 
 def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
@@ -63,11 +73,8 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     registry = get_registry()
     method_spec = registry.method(record["method"])
     dataset_spec = registry.dataset(dataset or record["dataset"])
-    if dataset_spec.num_classes != len(record.get("class_names", [])):
-        raise ConfigError(
-            f"run '{run_id}' predicts {len(record.get('class_names', []))} classes; dataset "
-            f"'{dataset_spec.name}' has {dataset_spec.num_classes}"
-        )
+    if not dataset_spec.classes_from_files:  # else checked once the dataset has read its classes
+        check_class_count(record, dataset_spec)
     split = split or (record["split"] if dataset is None else dataset_spec.eval_split)
     saved_post = record["config"].get("postprocess")
     requested = [n for n in saved_post if n != "cam_mask"] if saved_post is not None else None
@@ -89,8 +96,10 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
                 config.metrics[name].update(options)
     dist, torch_device = setup(resolve_device(device))
     try:
-        model = build_run_model(method_spec, dataset_spec.num_classes, store, record).to(torch_device)
         eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
+        dataset_spec = resolve_classes(dataset_spec, eval_set)
+        check_class_count(record, dataset_spec)
+        model = build_run_model(method_spec, dataset_spec.num_classes, store, record).to(torch_device)
         train = record["config"]["train"]
         batch_size = train.get("eval_batch_size", 16)
         loader = make_loader(eval_set, batch_size, shuffle=False, seed=0,

@@ -16,7 +16,7 @@ from segbench.engine.config import ResolvedConfig, default_recipe, identity_dict
 from segbench.engine.tta import check_method as check_test_time
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
-from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec
+from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec, resolve_classes
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -392,6 +392,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     train_split = training_split(config, dataset_spec)  # built before the id: its files are part of it
     train_set = create_dataset(dataset, train_split, root=root, **config.data)
     validate(train_set)
+    dataset_spec = resolve_classes(dataset_spec, eval_set, train_set)  # classes read from the files, if so
     for which, data, name in (("training", train_set, train_split), ("evaluation", eval_set, split)):
         if len(data) == 0:  # refused before any record, checkpoint or lock
             raise ConfigError(f"dataset '{dataset}': the {which} split '{name}' is empty"
