@@ -282,6 +282,37 @@ def eval_command(run_id, dataset, split, root, device, runs_dir, save_prediction
         click.echo(f"predictions: {save_predictions}")
 
 
+# -- predict -------------------------------------------------------------------
+@cli.command("predict")
+@click.argument("run_id")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--score-maps", is_flag=True, help="Also write score_maps/NAME.npz (float16 [C, H, W]).")
+@click.option("--overlay", is_flag=True, help="Also write overlays/NAME.png (the label map over the image).")
+@click.option("--tta", default=None, help="Test-time augmentation: flip, ms:0.5,1.0,1.5, ms:...+flip, or '' "
+                                          "for none (default: the run's).")
+@click.option("--slide", default=None, metavar="SIZE,STRIDE", help="Sliding-window prediction, or '' for none "
+                                                                  "(default: the run's).")
+@click.option("--coco-gt", default=None, type=click.Path(dir_okay=False),
+              help="Instance methods: take image and category ids from this COCO ground truth (by file name).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per batch (default: the "
+                                                                               "run's eval_batch_size).")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def predict_command(run_id, paths, out, score_maps, overlay, tta, slide, coco_gt, device, batch_size, runs_dir,
+                    force, quiet) -> None:
+    """Predict images (files, folders, globs) with a finished run: label-map PNGs, score maps, COCO results."""
+    from segbench.predict import predict_run
+
+    result = predict_run(run_id, paths, out, runs=runs_dir, device=device, batch_size=batch_size, tta=tta,
+                         slide=slide, score_maps=score_maps, overlay=overlay, coco_gt=coco_gt, force=force,
+                         progress=not quiet)
+    click.echo(f"wrote {len(result.files)} files for {result.images} images under {result.out} "
+               f"({result.seconds:.1f} s)")
+
+
 # -- show ----------------------------------------------------------------------
 @cli.command("show")
 @click.argument("run_id")
