@@ -271,3 +271,73 @@ def test_a_corrupt_record_is_skipped_with_a_warning_naming_it(capsys, tmp_path):
     assert code != 0 and "Traceback" not in err
     assert f"skipping {runs / '0123456789abcdef.json'}: not valid JSON" in err
     assert (runs / "0123456789abcdef.json").read_text() == '{"schema_version": 1'  # never rewritten or removed
+
+
+# -- datasets from files (issue 16): a folder of images and masks -------------------------------------------------
+def tiny_folder(root: Path, n: int = 6) -> Path:
+    """images/ (8x6 PNGs), masks/ (grey, classes 0..2 and a void pixel) and classes.txt."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k in range(n):
+        Image.fromarray(np.full((6, 8, 3), 40 * k, np.uint8)).save(root / "images" / f"im{k}.png")
+        mask = np.zeros((6, 8), np.uint8)
+        mask[1:4, 2:6], mask[0, 0] = 1 + k % 2, 255
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"im{k}.png")
+    (root / "classes.txt").write_text("background\ncat\ndog\n")
+    return root
+
+
+def damage_folder(root: Path, damage: str) -> str:
+    """Break the folder in one way; returns what the one error line must say."""
+    if damage == "orphan_masks":
+        for k in range(4):
+            shutil.copy(root / "masks" / "im0.png", root / "masks" / f"lost{k}.png")
+        return "4 mask(s) match no image in images/: lost0.png, lost1.png, lost2.png (and 1 more)"
+    if damage == "duplicate_class":
+        (root / "classes.txt").write_text("background\ncat\ndog\ncat\n")
+        return f"{root / 'classes.txt'}: line 4: class 'cat' repeats line 2"
+    if damage == "undecodable_image":
+        (root / "images" / "im3.png").write_bytes(b"not a picture")
+        return f"{root / 'images' / 'im3.png'}: image does not open"
+    if damage == "split_outside_root":
+        (root / "splits").mkdir()
+        (root / "splits" / "train.txt").write_text("im0\nim1\n")
+        (root / "splits" / "val.txt").write_text("im2\n../../etc/passwd\n")
+        return f"{root / 'splits' / 'val.txt'}: line 2: '../../etc/passwd' points outside"
+    if damage == "empty_images":
+        for path in (root / "images").iterdir():
+            path.unlink()
+        for path in (root / "masks").iterdir():
+            path.unlink()
+        return f"{root / 'images'}: no images"
+    if damage == "missing_test_list":
+        return f"{root / 'splits' / 'test.txt'}: missing file"
+    raise AssertionError(damage)
+
+
+@pytest.mark.parametrize("damage", ["orphan_masks", "duplicate_class", "undecodable_image", "split_outside_root",
+                                    "empty_images", "missing_test_list"])
+def test_a_broken_folder_dataset_is_one_line_naming_the_file(capsys, tmp_path, damage):
+    root = tiny_folder(tmp_path / "data")
+    message = damage_folder(root, damage)
+    split = ["--split", "test"] if damage == "missing_test_list" else []
+    line = refused(capsys, tmp_path, "run", "--method", "weldon", "--dataset", "folder", "--root", str(root),
+                   "--recipe", "quick", "--set", "steps=1", "-q", *split, watch=[root])
+    assert message in line
+
+
+def test_a_folder_mask_value_outside_the_classes_names_file_and_value(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tiny_folder(tmp_path / "data")
+    mask = np.array(Image.open(root / "masks" / "im4.png"))
+    mask[5, 7] = 7
+    Image.fromarray(mask, mode="L").save(root / "masks" / "im4.png")
+    before = snapshot(root)
+    code, out, err = cli(capsys, "data", "check", "folder", "--root", str(root))
+    assert code == 1 and "Traceback" not in err and snapshot(root) == before
+    assert f"error: {root / 'masks' / 'im4.png'}: mask has value 7 outside the classes 0..2 and 255" in out
