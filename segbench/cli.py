@@ -325,13 +325,58 @@ def predict_command(run_id, paths, out, score_maps, overlay, tta, slide, coco_gt
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-def show_command(run_id, out, images, max_classes, start, split, root, device, runs_dir, force) -> None:
-    """A PNG grid of images with each present class's score map overlaid (CAM figures)."""
-    from segbench.show import show_run
+@click.option("--confusion", is_flag=True, help="The run's row-normalised miou confusion matrix instead.")
+@click.option("--top", default=None, type=int, help="With --confusion: only the N most confused classes.")
+@click.option("--predictions", is_flag=True, help="Image | ground truth | prediction rows instead (label maps, "
+                                                  "or instances as masks and boxes).")
+@click.option("--threshold", default=0.5, show_default=True, type=float,
+              help="With --predictions: the lowest score of an instance drawn.")
+def show_command(run_id, out, images, max_classes, start, split, root, device, runs_dir, force, confusion, top,
+                 predictions, threshold) -> None:
+    """A PNG grid of images with each present class's score map overlaid (CAM figures); or, with
+    --confusion, the confusion matrix; or, with --predictions, predictions beside the ground truth."""
+    from segbench import show
 
-    path = show_run(run_id, out, images=images, max_classes=max_classes, split=split, root=root, runs=runs_dir,
-                    device=device, start=start, overwrite=force)
+    if confusion and predictions:
+        raise click.UsageError("--confusion and --predictions are two figures: choose one")
+    if confusion:
+        path = show.show_confusion(run_id, out, top=top, runs=runs_dir, overwrite=force)
+    elif predictions:
+        path = show.show_predictions(run_id, out, images=images, start=start, split=split, root=root,
+                                     runs=runs_dir, device=device, threshold=threshold, overwrite=force)
+    else:
+        path = show.show_run(run_id, out, images=images, max_classes=max_classes, split=split, root=root,
+                             runs=runs_dir, device=device, start=start, overwrite=force)
     click.echo(f"wrote {path}")
+
+
+# -- compare -------------------------------------------------------------------
+@cli.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write compare.md, metrics.csv and per_class.csv (and differences.png) into DIR.")
+@click.option("--images", default=0, show_default=True, type=int,
+              help="With -o: the N images where the runs differ most (per-image IoU) as image | GT | A | B rows.")
+@click.option("--root", default=None, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite the files in DIR.")
+def compare_command(run_a, run_b, out_dir, images, root, device, runs_dir, force) -> None:
+    """Differences B - A of two runs on the same data: per metric, per class, and the most different images."""
+    from segbench.compare import compare_runs, draw_differences, write_comparison
+
+    if images and not out_dir:
+        raise click.UsageError("--images draws into a PNG: add -o DIR")
+    comparison = compare_runs(run_a, run_b, runs_dir)
+    click.echo(comparison.to_markdown(), nl=False)
+    if out_dir:
+        for path in write_comparison(comparison, out_dir, overwrite=force):
+            click.echo(f"wrote {path}", err=True)
+    if images:
+        path, _ = draw_differences(run_a, run_b, Path(out_dir) / "differences.png", images=images, runs=runs_dir,
+                                   root=root, device=device, overwrite=force)
+        click.echo(f"wrote {path}", err=True)
 
 
 # -- leaderboard ---------------------------------------------------------------
@@ -347,13 +392,16 @@ def show_command(run_id, out, images, max_classes, start, split, root, device, r
 @click.option("--fractions", is_flag=True, help="Values as fractions instead of percent.")
 @click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-def leaderboard_command(metric, by, dataset, split, fmt, output, published, fractions, runs_dir, force) -> None:
-    """Tables of finished runs: methods x datasets (or x metrics), mean ± std (n) over seeds."""
+@click.option("--per-class", is_flag=True, help="Methods x classes: per-class IoU (miou) or AP (cls_map, loc_map) "
+                                                "of --metric.")
+def leaderboard_command(metric, by, dataset, split, fmt, output, published, fractions, runs_dir, force,
+                        per_class) -> None:
+    """Tables of finished runs: methods x datasets (or x metrics, or x classes), mean ± std (n) over seeds."""
     from segbench.engine.run import runs_dir as default_runs
     from segbench.results.leaderboard import leaderboard, write_leaderboard
 
     kwargs = dict(metric=metric, by=by, published=published, dataset=dataset, split=split, percent=not fractions,
-                  on_error=lambda path, message: click.echo(f"warning: {message}", err=True))
+                  on_error=lambda path, message: click.echo(f"warning: {message}", err=True), per_class=per_class)
     try:
         if output:
             path = write_leaderboard(default_runs(runs_dir), Path(output), fmt=fmt, overwrite=force, **kwargs)

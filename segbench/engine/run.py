@@ -375,6 +375,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     from segbench.engine.seeding import mix, seed_everything, set_deterministic
     from segbench.engine.signals import stop_on_signals
     from segbench.engine.train import train
+    from segbench.metrics.confusion import confusion_matrices
     from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
 
     method, dataset = method_spec.name, dataset_spec.name
@@ -526,6 +527,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             record.status = "finished"
             record.metrics = result.metrics
             record.per_class = {k: _named(v, dataset_spec.classes) for k, v in result.per_class.items()}
+            record.confusion = confusion_matrices(metric_objs)  # rank 0's metrics hold the sum over ranks
             record.weights = weights_path.name
             record.timings = _timings(started, trained, result, sum(c["images"] for c in costs))
             record.resources = _resources(costs, threads or torch.get_num_threads(), dist.world_size)

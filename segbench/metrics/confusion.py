@@ -9,7 +9,7 @@ in the FCN reference code (``score.py``): ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -191,6 +191,10 @@ class MeanIoU:
         iou, acc = self._per_class()
         return {"miou": self._excluded(iou).tolist(), "mean_acc": self._excluded(acc).tolist()}
 
+    def confusion(self) -> list[list[int]]:
+        """The confusion matrix as lists of ints: rows the ground truth, columns the prediction, void left out."""
+        return self.confmat.cpu().tolist()
+
     def _excluded(self, values: torch.Tensor) -> torch.Tensor:
         if self.background is None:
             return values
@@ -198,3 +202,8 @@ class MeanIoU:
         values[self.background] = float("nan")
         return values
 
+
+
+def confusion_matrices(metrics: Mapping[str, Any]) -> dict[str, list[list[int]]]:
+    """``{name: matrix}`` of every :class:`MeanIoU` among ``metrics`` (a run record's ``confusion``)."""
+    return {name: metric.confusion() for name, metric in metrics.items() if isinstance(metric, MeanIoU)}

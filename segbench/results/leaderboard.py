@@ -410,6 +410,69 @@ def _number_deviations(rows: list[dict[str, str]], deviations: Mapping[int, list
     return [f"[{n}] deviation from the paper: {line}" for line, n in numbers.items()]
 
 
+# -- per-class tables -------------------------------------------------------------------------------------
+PER_CLASS_VALUES = {"miou": "IoU", "mean_acc": "accuracy", "class_accuracy": "accuracy", "cls_map": "AP",
+                    "loc_map": "AP"}
+"""What a per-class value of a metric is, for the caption (``AP`` for any other ``*_ap*`` key)."""
+
+
+def build_per_class(
+    records: Iterable[RunRecord | Mapping[str, Any]],
+    metric: str = "auto",
+    *,
+    dataset: str | list[str] | None = None,
+    split: str | None = None,
+    percent: bool = True,
+    decimals: int | None = None,
+    source: str = "the runs",
+) -> Leaderboard:
+    """Methods x classes: the records' ``per_class[metric]`` (IoU for miou, AP for cls_map / loc_map), mean over seeds.
+
+    The table is :func:`build_leaderboard` ``by="metrics"`` over records whose metrics are their per-class
+    values, so rows are pooled and labelled as in the main table; the last column is ``metric`` itself.
+    ``metric="auto"`` takes the first of miou, loc_map, cls_map... that has per-class values. Runs whose
+    datasets have other class lists cannot share a table (``dataset=`` to choose one).
+    """
+    import dataclasses
+
+    datasets = _split_list(dataset)
+    kept = [r for r in map(_as_record, records) if r.status == "finished" and (not datasets or r.dataset in datasets)
+            and (not split or r.split == split)]
+    if not kept:
+        where = f" for dataset {', '.join(datasets)}" if datasets else ""
+        raise LeaderboardError(f"no finished runs in {source}{where}")
+    keys = list(dict.fromkeys(k for r in kept for k in r.per_class))
+    if metric in (None, "", "auto"):
+        key = next((m for m in AUTO_METRICS if m in keys), sorted(keys)[0] if keys else None)
+    else:
+        key = metric
+    if key not in keys:
+        raise ConfigError(f"no finished run has per-class values for '{metric}'; per-class keys: "
+                          f"{', '.join(sorted(keys)) or 'none'}")
+    kept = [r for r in kept if key in r.per_class]
+    lists = {tuple(r.class_names or r.per_class[key]) for r in kept}
+    if len(lists) > 1:
+        names = sorted({r.dataset for r in kept})
+        raise LeaderboardError(f"per-class tables need one class list; the runs on {', '.join(names)} have "
+                               f"{len(lists)} different ones: choose a dataset with --dataset")
+    classes = [c for c in next(iter(lists)) if any(_finite(r.per_class[key].get(c)) for r in kept)]
+    mean = [key] if any(_finite(r.metrics.get(key)) for r in kept) else []
+    tables = [dataclasses.replace(r, metrics={**{c: r.per_class[key].get(c) for c in classes},
+                                              **({key: r.metrics.get(key)} if mean else {})}) for r in kept]
+    board = build_leaderboard(tables, metric=[*classes, *mean], by="metrics", percent=percent, decimals=decimals,
+                              source=source)
+    unit = "(%)" if percent else "(fractions)"
+    what = PER_CLASS_VALUES.get(key, "AP" if "_ap" in key else "value")
+    where = ", ".join(dict.fromkeys(display_dataset(r.dataset) for r in kept))
+    last = f"; {key}: the mean over classes" if mean else ""
+    board.caption = f"Per-class {what} ({key}) on {where} {unit}: mean {PM} std (n) over seeds where n > 1{last}."
+    return board
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
 # -- entry points -----------------------------------------------------------------------------------------
 def leaderboard(
     runs_dir: str | os.PathLike | None = None,
@@ -424,17 +487,26 @@ def leaderboard(
     decimals: int | None = None,
     published_path: str | os.PathLike | None = None,
     on_error: Callable[[Path, str], None] | None = None,
+    per_class: bool = False,
 ) -> str:
     """The leaderboard of the finished runs in ``runs_dir`` as ``md``, ``csv`` or ``latex`` text.
 
+    ``per_class`` gives methods x classes for ``metric`` instead (:func:`build_per_class`).
     Unreadable record files are skipped with a warning (or ``on_error(path, message)``).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown leaderboard format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if per_class and (published or by != "datasets"):
+        raise ConfigError("--per-class tables are methods x classes of the runs alone: drop "
+                          + ("--published" if published else "--by"))
     store = RunStore(runs_dir)
     if not store.root.is_dir() and not published:  # --published alone still shows the papers' numbers
         raise LeaderboardError(f"runs directory {store.root} does not exist (--runs-dir or SEGBENCH_RUNS_DIR); "
                                f"try --published for the papers' numbers alone")
+    if per_class:
+        board = build_per_class(store.iter_records(on_error=on_error), metric, dataset=dataset, split=split,
+                                percent=percent, decimals=decimals, source=str(store.root))
+        return board.render(fmt)
     board = build_leaderboard(
         store.iter_records(on_error=on_error), metric=metric, by=by, dataset=dataset, split=split,
         published=published, percent=percent, decimals=decimals, published_path=published_path,
@@ -597,6 +669,7 @@ def _latex_escape(text: str) -> str:
 
 
 __all__ = [
-    "AUTO_METRICS", "BY", "FORMATS", "Leaderboard", "LeaderboardError", "build_leaderboard", "format_for",
+    "AUTO_METRICS", "BY", "FORMATS", "Leaderboard", "LeaderboardError", "build_leaderboard", "build_per_class",
+    "format_for",
     "leaderboard", "runs_frame", "summary_frame", "write_leaderboard",
 ]

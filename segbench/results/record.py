@@ -224,6 +224,8 @@ class RunRecord:
     metrics: dict[str, float | None] = field(default_factory=dict)
     per_class: dict[str, dict[str, float | None]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)
+    """``{metric: C x C pixel counts}``, rows the ground truth, columns the prediction, void left out (``miou``)."""
     effective_batch_size: int | None = None
     world_size: int = 1
     deterministic: bool = True
@@ -325,6 +327,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "created_at": ((str,), True),
     "per_class": ((dict,), False),
     "class_names": ((list,), False),
+    "confusion": ((dict,), False),
     "effective_batch_size": ((int, type(None)), False),
     "world_size": ((int,), False),
     "deterministic": ((bool,), False),
@@ -375,6 +378,10 @@ def validate_record(data: Any, source: str = "run record") -> None:
             v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBER)) for v in values.values()
         ):
             fail(f"per_class '{key}' must map class names to numbers or null")
+    for key, matrix in data.get("confusion", {}).items():
+        problem = confusion_problem(matrix, len(data.get("class_names") or ()) or None)
+        if problem:
+            fail(f"confusion '{key}' {problem}")
     fingerprint = data["dataset_identity"].get("fingerprint")
     if not isinstance(fingerprint, str):
         fail("dataset_identity.fingerprint must be a string")
@@ -382,6 +389,21 @@ def validate_record(data: Any, source: str = "run record") -> None:
         stamp = data.get(name)
         if stamp is not None and _parse_time(stamp) is None:
             fail(f"field '{name}' is not an ISO 8601 time: {stamp!r}")
+
+
+def confusion_problem(matrix: Any, size: int | None = None) -> str | None:
+    """What is wrong with a confusion matrix read from a record (None when it is a ``size`` x ``size`` list of
+    lists of non-negative integers)."""
+    if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+        return "must be a list of rows (lists of pixel counts)"
+    n = len(matrix)
+    if size is not None and n != size:
+        return f"has {n} rows for {size} classes"
+    if any(len(row) != n for row in matrix):
+        return f"must be square ({n} rows, each of {n} counts)"
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for row in matrix for v in row):
+        return "must hold non-negative integer pixel counts"
+    return None
 
 
 def _parse_time(stamp: str) -> datetime | None:
@@ -393,6 +415,6 @@ def _parse_time(stamp: str) -> datetime | None:
 
 __all__ = [
     "CONFIG_ID_RE", "RUN_ID_RE", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES",
-    "base_run_id", "canonical_json", "code_versions", "collect_environment", "git_commit",
+    "base_run_id", "canonical_json", "code_versions", "collect_environment", "confusion_problem", "git_commit",
     "make_config_id", "make_run_id", "plugin_versions", "short_hash", "utc_now", "validate_record",
 ]
