@@ -173,5 +173,8 @@ def test_two_gloo_processes_evaluate_exactly_like_one_and_train(tmp_path):
     assert run["resources"]["processes"] == 2 and run["dataset_identity"]["num_images"] == 7
     assert run["metrics"]["cls_map@prior"] == one.record["metrics"]["cls_map@prior"]  # labels of all 7 images
     assert run["config_id"] != one.record["config_id"]  # never pooled with 1-process runs
+    confusion = torch.tensor(run["confusion"]["miou"])  # the sum over both shards: every pixel of the 7 images
+    assert int(confusion.sum()) == int(torch.tensor(one.record["confusion"]["miou"]).sum()) > 0
+    assert confusion.sum(1).tolist() == torch.tensor(one.record["confusion"]["miou"]).sum(1).tolist()  # same truth
     files = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert files == [f"{run['run_id']}.json", f"{run['run_id']}.safetensors"]  # rank 0 alone wrote; no checkpoints left
