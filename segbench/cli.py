@@ -339,6 +339,8 @@ def show_command(run_id, out, images, max_classes, start, split, root, device, r
 
     if confusion and predictions:
         raise click.UsageError("--confusion and --predictions are two figures: choose one")
+    if top is not None and not confusion:
+        raise click.UsageError("--top N goes with --confusion")
     if confusion:
         path = show.show_confusion(run_id, out, top=top, runs=runs_dir, overwrite=force)
     elif predictions:

@@ -110,30 +110,24 @@ def run_postprocessors(run: dict[str, Any]) -> list[Any]:
 
 
 def predict(run: dict[str, Any], data: Any, indices, postprocessors: list[Any] | tuple = ()) -> list[tuple]:
-    """``(sample, image, prediction)`` for each index: the run's prediction at the image's size, through
-    ``postprocessors`` (:func:`segbench.engine.evaluate.finish_prediction`)."""
+    """``(sample, image, prediction)`` for each index: the run's prediction at the image's size, as its evaluation
+    made it (:func:`segbench.engine.evaluate.predict_images`: its eval size and test-time augmentation), through
+    ``postprocessors``."""
     import torch
 
     from segbench.engine.data import Normalizer
-    from segbench.engine.evaluate import finish_prediction
+    from segbench.engine.evaluate import predict_images
 
+    train = run["record"]["config"]["train"]
     normalize = Normalizer(run["dataset"].mean, run["dataset"].std, run["device"])
-    eval_size = run["record"]["config"]["train"].get("eval_size", 0)
-    rows = []
+    samples = [data[index] for index in indices]
+    images = [sample["image"].as_subclass(torch.Tensor) for sample in samples]
     with torch.inference_mode():
-        for index in indices:
-            sample = data[index]
-            image = sample["image"].as_subclass(torch.Tensor)
-            net_in = image
-            if eval_size:
-                from torchvision.transforms.v2 import functional as TF
-
-                net_in = TF.resize(image, [eval_size, eval_size], antialias=True)
-            output = run["model"].predict(normalize([net_in]))[0]
-            prediction = finish_prediction(output, image, tuple(image.shape[-2:]), tuple(net_in.shape[-2:]),
-                                           postprocessors)
-            rows.append((sample, image, prediction))
-    return rows
+        predictions = predict_images(run["model"], images, [tuple(image.shape[-2:]) for image in images], normalize,
+                                     run["device"], eval_size=train.get("eval_size", 0),
+                                     postprocessors=postprocessors, tta=train.get("tta") or "",
+                                     slide=train.get("slide") or "")
+    return list(zip(samples, images, predictions))
 
 
 def classes_to_show(labels: Any, scores: Any, background: int | None, max_classes: int) -> list[int]:

@@ -173,6 +173,10 @@ def test_show_confusion_png_sizes_and_one_line_errors(two_runs, tmp_path, capsys
     side = round(100 * confusion_layout(21)[0])
     with Image.open(tmp_path / "21.png") as png:
         assert code == 0 and png.size == (side, side) == (880, 880)
+    code, _, err = run_cli(capsys, "show", a["run_id"], "--confusion", "--top", "4", "-o", str(tmp_path / "4.png"),
+                           "--runs-dir", str(many))
+    with Image.open(tmp_path / "4.png") as png:  # the 4 classes of the most confused pairs: the smallest figure
+        assert code == 0 and png.size == (500, 500)
     old = {k: v for k, v in a.items() if k != "confusion"}
     (many / f"{a['run_id']}.json").write_text(json.dumps(old))
     code, _, err = run_cli(capsys, "show", a["run_id"], "--confusion", "-o", str(tmp_path / "x.png"),
@@ -244,6 +248,22 @@ def test_image_iou_is_the_mean_iou_of_one_image():
     prediction = torch.tensor([[0, 1], [1, 1]])
     # class 0: tp 1, fn 1 -> 1/2; class 1: tp 1, fp 1 -> 1/2; the void pixel does not count
     assert image_iou(prediction, target, 3) == pytest.approx(0.5)
+
+
+def test_image_differences_rank_every_image_by_the_iou_gap(two_runs):
+    from segbench.compare import image_differences
+    from segbench.show import eval_data, load_run, predict, run_postprocessors
+
+    root, a, b = two_runs
+    run_a, run_b = load_run(a["run_id"], root), load_run(b["run_id"], root)
+    data = eval_data(run_a)
+    found = image_differences(run_a, run_b, data, ([], run_postprocessors(run_b)), batch=4)
+    assert sorted(index for index, _, _ in found) == list(range(len(data)))
+    gaps = [abs(iou_b - iou_a) for _, iou_a, iou_b in found]
+    assert gaps == sorted(gaps, reverse=True) and gaps[0] > 0
+    index, iou_a, _ = found[0]
+    (sample, _, prediction), = predict(run_a, data, [index])
+    assert iou_a == image_iou(prediction["mask"], sample["target"]["mask"], 7)
 
 
 def test_compare_numbers_are_the_hand_differences(two_runs):

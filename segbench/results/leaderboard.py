@@ -222,7 +222,7 @@ class Leaderboard:
 
 def build_leaderboard(
     records: Iterable[RunRecord | Mapping[str, Any]],
-    metric: str = "auto",
+    metric: str | list[str] = "auto",
     by: str = "datasets",
     *,
     dataset: str | list[str] | None = None,
