@@ -6,6 +6,8 @@
      ../shared/data with a class mask per image (the 3 genuine ones, box-shaped
      masks with a void border for the others) and its 1 object mask;
    - a COCO-layout folder: the 37 genuine val2017 images and annotations;
+   - a ``folder`` dataset (images/ + masks/ + classes.txt) of the same 101
+     VOC images and class masks, whose labels are derived from the masks;
    against a bare loop that only decodes the same JPEGs with the same decoder
    (``segbench.data.files.read_rgb``). Goal: at least 0.8 of the bare loop.
    A second anchor decodes the same files a sample with masks must decode
@@ -21,7 +23,8 @@
    RSS before the build, after the imports; Linux ``clear_refs`` resets the
    peak). Goal: at most 1.5x.
 
-Run: ``python benchmarks/datasets.py [--passes N]`` (about two minutes on 2 cores).
+Run: ``python benchmarks/datasets.py [--passes N] [--only VOC,COCO,folder] [--no-memory]`` (about two minutes
+on 2 cores; ``--only folder --no-memory --passes 2`` about 20 s).
 """
 
 from __future__ import annotations
@@ -73,6 +76,21 @@ def make_voc(out: Path) -> Path:
             png.putpalette(voc_palette())
             png.save(voc / "SegmentationClass" / f"{image_id}.png")
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return out
+
+
+def make_folder(voc: Path, out: Path) -> Path:
+    """A ``folder`` dataset of a VOC layout's images and class masks (links), with VOC's classes in classes.txt."""
+    from segbench.data.builtin import VOC_CLASSES
+
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True)
+    for image in sorted((voc / "JPEGImages").glob("*.jpg")):
+        (out / "images" / image.name).symlink_to(image)
+        (out / "masks" / f"{image.stem}.png").symlink_to(voc / "SegmentationClass" / f"{image.stem}.png")
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in VOC_CLASSES))
+    (out / "splits").mkdir()
+    (out / "splits" / "train.txt").write_text("".join(f"{p.stem}\n" for p in sorted((out / "images").iterdir())))
     return out
 
 
@@ -153,25 +171,33 @@ TARGETS = ((None, "all targets"), (frozenset({"labels", "mask"}), "labels + mask
            (frozenset({"labels"}), "labels only"))
 
 
-def throughput(passes: int) -> list[tuple[str, int, float, float, float]]:
+def throughput(passes: int, only: tuple[str, ...] = ("VOC", "COCO", "folder")) -> list[tuple[str, int, float, float,
+                                                                                          float]]:
     """Rows ``(dataset and targets, workers, segbench, bare JPEG, bare decode of the same files)`` in images/s."""
     from segbench.data.coco import COCO
+    from segbench.data.folder import FolderDataset
     from segbench.data.voc import VOC2012
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        voc = VOC2012(make_voc(Path(tmp)), "train")
+        voc = VOC2012(make_voc(Path(tmp) / "voc"), "train")
+        folder = FolderDataset(make_folder(voc.voc_dir, Path(tmp) / "folder"), "train")
         coco = COCO(COCO_ROOT, "val")
         voc_jpegs = [str(r.image) for r in voc.records]
+        folder_jpegs = [str(r.image) for r in folder.records]
         coco_jpegs = [str(coco.image_dir / coco.coco.imgs[i]["file_name"]) for i in coco.image_ids]
         coco_files = BareCOCOFiles(coco_jpegs, coco.coco, list(coco.image_ids))  # the same for both mask sets
+        folder_files = BareVOCFiles(folder_jpegs, [[str(r.mask)] for r in folder.records])  # JPEG + PNG
         files = {  # the second anchor for each target set: what a sample with those targets must decode
             ("VOC", None): BareVOCFiles(voc_jpegs, [[str(p) for p in (r.mask, r.objects) if p] for r in voc.records]),
             ("VOC", TARGETS[1][0]): BareVOCFiles(voc_jpegs, [[str(r.mask)] for r in voc.records]),
             ("COCO", None): coco_files,
             ("COCO", TARGETS[1][0]): coco_files,
+            ("folder", None): folder_files,
+            ("folder", TARGETS[1][0]): folder_files,
         }
-        for name, dataset, jpegs in (("VOC", voc, voc_jpegs), ("COCO", coco, coco_jpegs)):
+        sets = (("VOC", voc, voc_jpegs), ("COCO", coco, coco_jpegs), ("folder", folder, folder_jpegs))
+        for name, dataset, jpegs in (s for s in sets if s[0] in only):
             for workers in (0, 2):
                 jpeg_anchor = BareJPEGs(jpegs)
                 speed = {}  # anchor -> images/s, each anchor timed once per worker count
@@ -260,14 +286,18 @@ def coco_memory() -> dict[str, tuple[int, int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=3, help="timed passes per configuration (best kept)")
+    parser.add_argument("--only", default="VOC,COCO,folder", help="datasets to time (comma-separated)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the COCO index memory measurement")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     print("Loading throughput (images/s through a DataLoader, best of %d passes)" % args.passes)
     print(f"{'dataset':<40} {'workers':>7} {'ours':>7} {'bare JPEG':>10} {'ratio':>6} {'bare files':>11} {'ratio':>6}")
-    for name, workers, ours, bare, same in throughput(args.passes):
+    for name, workers, ours, bare, same in throughput(args.passes, tuple(args.only.split(","))):
         print(f"{name:<40} {workers:>7} {ours:>7.1f} {bare:>10.1f} {ours / bare:>6.2f} {same:>11.1f} {ours / same:>6.2f}")
+    if args.no_memory:
+        return
     memory = coco_memory()
     mib = 1 << 20
     print(f"\nCOCO index, 5,000 images / 36,000 annotations ({memory['file'][0] / mib:.1f} MiB of JSON)")

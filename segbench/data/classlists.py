@@ -1,4 +1,4 @@
-"""Class lists read from files: ``classes.txt``, CVAT/datumaro's VOC ``labelmap.txt`` and datumaro's ``dataset_meta.json``.
+"""Class lists read from files: ``classes.txt``, CVAT/datumaro's ``labelmap.txt``, datumaro's ``dataset_meta.json``.
 
 Each reader returns a :class:`ClassList`: the names in index order, the RGB
 colour of each class where the file gives colours (RGB masks are mapped to

@@ -31,8 +31,8 @@ from torchvision import tv_tensors
 from segbench.data.checks import Problem, error, warning
 from segbench.data.classlists import ClassList, pick_background, read_classes_txt, read_dataset_meta
 from segbench.data.files import (FileDataset, FileProblem, check_image, check_inside, check_split_options,
-                                 file_digest, hash_split, labels_from_classes, mask_size, need_root, present_classes,
-                                 read_label_png, read_lines, read_rgb, sizes_digest, values_message)
+                                 file_digest, hash_split, labels_from_classes, mask_size, need_root, out_of_range,
+                                 present_classes, read_label_png, read_lines, read_rgb, sizes_digest, values_message)
 from segbench.errors import ConfigError, DataError
 
 __all__ = ["FolderDataset", "IMAGE_SUFFIXES", "find_class_list"]
@@ -156,7 +156,10 @@ class FolderDataset(FileDataset):
             raise FileProblem(record.mask, f"mask is {found[0]}x{found[1]} px but the image is {size[0]}x{size[1]} px")
         if self.void != 255:
             mask = np.where(mask == self.void, np.uint8(255), mask)
-        present, bad = present_classes(mask, len(self.classes))
+        if record.present is None:  # the classes once (one histogram), then only the cheap range check
+            present, bad = present_classes(mask, len(self.classes))
+        else:
+            present, bad = record.present, out_of_range(mask, len(self.classes))
         if bad:
             raise FileProblem(record.mask, values_message(bad, len(self.classes)) +
                               (f" (void {self.void})" if self.void != 255 else ""))
