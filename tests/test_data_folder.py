@@ -351,6 +351,12 @@ def test_a_run_on_a_folder_records_its_classes_and_can_be_evaluated_again(capsys
     code, out, err = cli(capsys, "eval", record["run_id"], "--root", str(folder), "--runs-dir", str(runs), "-q")
     assert code == 0, err
     assert metric in out
+    if method == "weldon":  # class maps over the images, titled with the folder's class names
+        png = tmp_path / "cams.png"
+        code, out, err = cli(capsys, "show", record["run_id"], "-o", str(png), "--root", str(folder), "--images", "2",
+                             "--runs-dir", str(runs))
+        assert code == 0, err
+        assert Image.open(png).size[0] > 100
 
 
 def test_a_run_on_a_folder_with_a_bad_file_is_refused_before_any_record(capsys, tmp_path, folder):
