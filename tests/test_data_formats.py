@@ -88,6 +88,11 @@ def test_voc_format_without_annotations_derives_labels_from_the_masks(tmp_path):
         present = set(np.unique(b["mask"].numpy()).tolist()) - {0, 255}
         assert set(torch.nonzero(a["labels"]).flatten().tolist()) == present and len(present) >= 1
         assert a["boxes"].shape == (0, 4) and a["classes"].numel() == 0 and "masks" not in a
+    light = VOCFormat(voc, "trainval").select_targets({"labels"})
+    for _ in range(2):  # the mask decoded the first time, its classes kept the second
+        for i in range(len(light)):
+            target = light[i]["target"]
+            assert "mask" not in target and torch.equal(target["labels"], ours[i]["target"]["labels"])
     assert segbench.data.checks.check_dataset("voc_format", voc, "trainval").clean()
 
 

@@ -338,7 +338,6 @@ COCO_FORMAT = from_files(
     {**SPLIT_OPTIONS, "annotations": None, "images": None, "train_annotations": None, "train_images": None},
     "Any COCO instances file (--set annotations=FILE --set images=DIR): classes from its categories, "
     "background prepended; train from train_annotations or a seeded hash split of the one file",
-    needs_root=False,
 )
 
 REAL_DATASETS = (VOC2012, VOC2007, COCO, MIT67, SCENE15, FOLDER, VOC_FORMAT, COCO_FORMAT)

@@ -143,6 +143,7 @@ class _Record:
     mask: Path | None = None
     objects: Path | None = None
     problem: Problem | None = None  # found while parsing the XML: the sample is unusable
+    present: np.ndarray | None = None  # without Annotations/: the classes of the mask, once decoded
 
 
 class VOCDataset(FileDataset):
@@ -289,9 +290,12 @@ class VOCDataset(FileDataset):
         labels = torch.zeros(c, dtype=torch.float32)
         ignore = torch.zeros(c, dtype=torch.bool)
         easy = record.classes[~ann.difficult]
-        if not self.has_xml:
-            mask = self._load_mask(record, record.mask, "mask", (width, height))
-            labels = labels_from_classes(present_classes(mask, c)[0], c, self.background)
+        if not self.has_xml:  # labels from the mask's classes, found once and kept
+            if record.present is None or self.wants("mask"):
+                mask = self._load_mask(record, record.mask, "mask", (width, height))
+            if record.present is None:
+                record.present = present_classes(mask, c)[0]
+            labels = labels_from_classes(record.present, c, self.background)
         labels[torch.from_numpy(easy)] = 1.0
         ignore[torch.from_numpy(record.classes)] = True
         ignore[torch.from_numpy(easy)] = False
