@@ -112,7 +112,7 @@ def image_differences(a: Any, b: Any, data: Any, posts: tuple[list, list], batch
     """``(index, IoU of A, IoU of B)`` of every image of ``data``, the most different first (|B - A|).
 
     ``a`` and ``b`` are loaded runs (:func:`segbench.show.load_run`); ``posts`` their post-processors.
-    Images where either IoU is undefined go last.
+    Images where either IoU is undefined go last. A run without label maps is a one-line ConfigError.
     """
     from segbench.show import predict
 
@@ -122,7 +122,12 @@ def image_differences(a: Any, b: Any, data: Any, posts: tuple[list, list], batch
     found = []
     for start in range(0, len(data), batch):
         indices = range(start, min(start + batch, len(data)))
-        for index, row_a, row_b in zip(indices, predict(a, data, indices, posts[0]), predict(b, data, indices, posts[1])):
+        rows = predict(a, data, indices, posts[0]), predict(b, data, indices, posts[1])
+        for run, first in zip((a, b), rows):
+            if "mask" not in first[0][2]:
+                raise ConfigError(f"run '{run['record']['run_id']}' ({run['record']['method']}) gives no label "
+                                  "maps to compare image by image")
+        for index, row_a, row_b in zip(indices, *rows):
             target = row_a[0]["target"]["mask"]
             found.append((index, image_iou(row_a[2]["mask"], target, classes, ignore),
                           image_iou(row_b[2]["mask"], target, classes, ignore)))
@@ -154,11 +159,6 @@ def draw_differences(run_a: str, run_b: str, out: str | os.PathLike, *, images: 
         raise ConfigError(f"dataset '{a['dataset'].name}' has no masks: no per-image IoU to rank images by")
     posts = (run_postprocessors(a), run_postprocessors(b))
     data = eval_data(a, root=root)
-    first = predict(a, data, [0], posts[0])[0][2], predict(b, data, [0], posts[1])[0][2]
-    for run, prediction in zip((a, b), first):
-        if "mask" not in prediction:
-            raise ConfigError(f"run '{run['record']['run_id']}' ({run['record']['method']}) gives no label maps "
-                              "to compare image by image")
     chosen = image_differences(a, b, data, posts)[:images]
     indices = [index for index, _, _ in chosen]
     rows_a, rows_b = predict(a, data, indices, posts[0]), predict(b, data, indices, posts[1])

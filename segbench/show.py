@@ -5,6 +5,11 @@ panel the image with its label map or classes, then one panel per class
 present in the image (ground truth; the top-scoring classes where a dataset
 has no labels), the class's score map min-max normalised over the image and
 overlaid as a heat map, titled with the class name and its image score.
+
+``--confusion`` draws the record's row-normalised ``miou`` confusion matrix
+(:func:`show_confusion`), ``--predictions`` rows of image | ground truth |
+prediction (:func:`show_predictions`, torchvision's drawing utilities). See
+``docs/analysis.md``.
 """
 
 from __future__ import annotations
