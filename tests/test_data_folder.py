@@ -17,6 +17,7 @@ import segbench
 from segbench.data.classlists import pick_background, read_dataset_meta
 from segbench.data.files import hash_split
 from segbench.data.folder import FolderDataset
+from segbench.engine.config import parse_overrides
 from segbench.errors import ConfigError, DataError
 from segbench.plugins import get_registry
 from segbench.specs import resolve_classes
@@ -147,6 +148,9 @@ def test_background_is_the_class_so_named_else_none_unless_an_option_says(tmp_pa
     root = make_folder(tmp_path / "a", 4, classes=("sky", "_background_", "tree", "car"))
     assert FolderDataset(root, "train").background == 1
     assert FolderDataset(root, "train", background="none").background is None
+    for setting, expected in (("background=none", None), ("background=auto", 1), ("background=tree", 2)):
+        assert FolderDataset(root, "train", **parse_overrides([setting])).background == expected  # as --set gives it
+    assert get_registry().dataset("folder").options["background"] == "auto"
     assert FolderDataset(root, "train", background="sky").background == 0
     assert FolderDataset(root, "train", background=2).background == 2
     with pytest.raises(ConfigError, match="option background must be a class of .*classes.txt"):

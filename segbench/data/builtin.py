@@ -320,14 +320,14 @@ def from_files(name: str, build: Callable[..., Any], splits: tuple[str, ...], an
 
 FOLDER = from_files(
     "folder", _build("folder", "FolderDataset"), ("train", "val", "test"), {"labels", "mask"},
-    {**SPLIT_OPTIONS, "void": 255, "background": None},
+    {**SPLIT_OPTIONS, "void": 255, "background": "auto"},
     "Your own images/ + masks/ (palette or grey PNGs) + classes.txt or datumaro's dataset_meta.json; "
     "labels derived from the masks; splits/{train,val,test}.txt or a seeded hash split",
 )
 
 VOC_FORMAT = from_files(
     "voc_format", _build("voc", "VOCFormat"), ("train", "val", "trainval", "test"), {"labels", "mask"},
-    {"background": None},
+    {"background": "auto"},
     "Any data in the PASCAL VOC segmentation layout (CVAT / datumaro exports): classes from labelmap.txt, "
     "classes.txt or VOC's 21; Annotations/ optional (labels from the masks without it)",
 )

@@ -126,11 +126,13 @@ def read_dataset_meta(path: Path) -> ClassList:
     return ClassList(tuple(names), path, colors, background)
 
 
-def pick_background(classes: ClassList, choice: Any = None) -> int | None:
-    """The background index: ``choice`` (a class name, an index, or ``"none"``), else the file's own, else the
-    class named ``background`` / ``_background_``, else None."""
+def pick_background(classes: ClassList, choice: Any = "auto") -> int | None:
+    """The background index: ``choice`` (a class name, an index, or ``"none"`` / None for no background); with
+    ``"auto"`` the file's own, else the class named ``background`` / ``_background_``, else None."""
     names = classes.names
     if choice is None:
+        return None
+    if choice == "auto":
         if classes.background is not None:
             return classes.background
         lowered = [n.lower() for n in names]
@@ -142,5 +144,5 @@ def pick_background(classes: ClassList, choice: Any = None) -> int | None:
             return choice
     elif isinstance(choice, str) and choice in names:
         return names.index(choice)
-    raise ConfigError(f"option background must be a class of {classes.source} (a name or index 0..{len(names) - 1}) "
-                      f"or none, got {choice!r}")
+    raise ConfigError(f"option background must be a class of {classes.source} (a name or index 0..{len(names) - 1}), "
+                      f"auto or none, got {choice!r}")

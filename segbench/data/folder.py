@@ -67,7 +67,7 @@ class FolderDataset(FileDataset):
 
     name = "folder"
 
-    def __init__(self, root: Any, split: str = "val", *, void: int = 255, background: Any = None,
+    def __init__(self, root: Any, split: str = "val", *, void: int = 255, background: Any = "auto",
                  val_fraction: float = 0.2, split_seed: int = 0, skip_bad: bool = False, strict: bool = False) -> None:
         super().__init__(root, split, skip_bad=skip_bad, strict=strict)
         if isinstance(void, bool) or not isinstance(void, int) or not 0 <= void <= 255:

@@ -430,7 +430,7 @@ class VOCFormat(VOCDataset):
     ``background`` by default). ``Annotations/`` is optional.
     """
 
-    def __init__(self, root: Any, split: str = "val", *, background: Any = None, **options: Any) -> None:
+    def __init__(self, root: Any, split: str = "val", *, background: Any = "auto", **options: Any) -> None:
         hint = FORMAT_HINT
         voc_dir = find_voc_dir(root, "2012", hint, "voc_format")
         class_list = _voc_format_classes(voc_dir, Path(root).expanduser())
