@@ -60,6 +60,8 @@ class TrainConfig:
     elastic_sigma: float = 5.0  # its smoothness: the Gaussian sigma of the displacement field, pixels
     tta: str = ""  # test-time augmentation: "" | "flip" | "ms:0.5,0.75,1.0" | "ms:...+flip" (segbench.engine.tta)
     slide: str = ""  # sliding-window evaluation "SIZE,STRIDE" (mmsegmentation's slide mode); "" = whole images
+    accumulate: int = 1  # gradient accumulation: K passes of batch_size per optimizer step (effective batch x K)
+    ema: float = 0.0  # exponential moving average of the weights with this decay (e.g. 0.999), evaluated; 0 = off
 
     def validate(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "step", "constant"),
@@ -99,6 +101,10 @@ class TrainConfig:
         if not self.elastic_alpha >= 0 or not self.elastic_sigma > 0:
             raise ConfigError(f"elastic_alpha must be >= 0 and elastic_sigma > 0, got {self.elastic_alpha!r} and "
                               f"{self.elastic_sigma!r}")
+        if isinstance(self.accumulate, bool) or not isinstance(self.accumulate, int) or self.accumulate < 1:
+            raise ConfigError(f"accumulate must be a whole number of passes >= 1 (1 = off), got {self.accumulate!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be a decay in [0, 1) (0 = off, e.g. 0.999), got {self.ema!r}")
         if isinstance(self.warp_size, bool) or not isinstance(self.warp_size, int) or self.warp_size < 0:
             raise ConfigError(f"warp_size must be 0 (off) or a size in pixels, got {self.warp_size!r}")
         from segbench.engine.tta import parse_slide, parse_tta
@@ -114,7 +120,7 @@ ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engi
 
 
 LATE_TRAIN_FIELDS: dict[str, Any] = {"warp_size": 0, "init": "", "elastic_alpha": 0.0, "elastic_sigma": 5.0,
-                                     "tta": "", "slide": ""}
+                                     "tta": "", "slide": "", "accumulate": 1, "ema": 0.0}
 """Train fields added after records existed, each with its neutral value (the one that trains as before the field
 existed). At that value the field stays out of ``config_id`` (:func:`identity_dict`), so adding a field does not
 split records that ran before it from identical runs after it; like ``world_size``, which enters the hash only

@@ -23,7 +23,7 @@ def make_plan(*, method_spec: Any, dataset_spec: Any, config: Any, recipe: str, 
     from segbench.engine.optim import lr_factor, param_groups
 
     train = config.train
-    effective = train.batch_size * world_size
+    effective = train.batch_size * train.accumulate * world_size
     images = len(train_set)
     groups = [{"lr": g["lr"], "weight_decay": g.get("weight_decay", train.weight_decay),
                "parameters": sum(p.numel() for p in g["params"])} for g in param_groups(model, train)]
@@ -33,7 +33,8 @@ def make_plan(*, method_spec: Any, dataset_spec: Any, config: Any, recipe: str, 
     return {
         "method": method_spec.name, "dataset": dataset_spec.name, "recipe": recipe, "recipe_reason": why,
         "train_split": train_split, "train_images": images, "eval_split": split, "eval_images": len(eval_set),
-        "processes": world_size, "batch_size": train.batch_size, "effective_batch_size": effective,
+        "processes": world_size, "batch_size": train.batch_size, "accumulate": train.accumulate,
+        "effective_batch_size": effective, "ema": train.ema,
         "steps": train.steps, "epochs": round(train.steps * effective / images, 3) if images else None,
         "optimizer": train.optimizer, "lr": train.lr, "momentum": train.momentum, "weight_decay": train.weight_decay,
         "schedule": train.schedule, "warmup_steps": train.warmup_steps, "milestones": list(train.milestones),
@@ -96,7 +97,10 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         + f", scale {plan['scale_range'][0]:g}-{plan['scale_range'][1]:g}, flip {plan['hflip']}",
         f"  evaluate       {plan['eval_split']}: {plan['eval_images']} images"
         + (f", resized to {plan['eval_size']}" if plan["eval_size"] else ", original size"),
-        f"  batch          {plan['batch_size']} x {plan['processes']} process(es) = {plan['effective_batch_size']}",
+        f"  batch          {plan['batch_size']}"
+        + (f" x {plan['accumulate']} accumulated passes" if plan.get("accumulate", 1) > 1 else "")
+        + f" x {plan['processes']} process(es) = {plan['effective_batch_size']}"
+        + (f"; EMA of the weights (decay {plan['ema']:g}) evaluated" if plan.get("ema") else ""),
         f"  steps          {plan['steps']} ({plan['epochs']} epochs)",
         f"  optimizer      {plan['optimizer']}, lr {plan['lr']:g}, momentum {plan['momentum']:g}, "
         f"weight decay {plan['weight_decay']:g}",

@@ -445,7 +445,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     template = RunRecord(
         run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
         recipe=recipe, seed=seed, config=config_dict, dataset_identity=identity,
-        class_names=list(dataset_spec.classes), effective_batch_size=config.train.batch_size * dist.world_size,
+        class_names=list(dataset_spec.classes),
+        effective_batch_size=config.train.batch_size * config.train.accumulate * dist.world_size,
         world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0),
@@ -499,8 +500,9 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                     data.materialize()
             view = SeededSamples(TrainView(train_set, keys, train_transform(config.train, keys)))
             sampler = TrainSampler(len(view), seed, dist.rank, dist.world_size)
-            loader = make_loader(view, config.train.batch_size, shuffle=False, seed=seed,
-                                 workers=config.train.workers, drop_last=sampler.per_rank > config.train.batch_size,
+            step_batch = config.train.batch_size * config.train.accumulate  # one optimizer step's images
+            loader = make_loader(view, step_batch, shuffle=False, seed=seed,
+                                 workers=config.train.workers, drop_last=sampler.per_rank > step_batch,
                                  sampler=sampler)
             procs = f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""
             chosen = f"recipe '{recipe}', {why}" if why else recipe
@@ -511,11 +513,12 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std,
                             progress, resume=resume, save=save, stop=stop, dist=dist)
             if dist.is_main:
-                save_weights(model, weights_path)
+                save_weights(trained.ema.module if trained.ema is not None else model, weights_path)
             eval_sampler = ShardedEvalSampler(len(eval_set), config.train.eval_batch_size, dist.rank, dist.world_size)
             eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
                                       workers=config.train.workers, sampler=eval_sampler)
-            result = evaluate(model, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
+            evaluated = trained.ema.module if trained.ema is not None else model  # ema: the average is scored
+            result = evaluate(evaluated, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
                               amp=config.train.amp, eval_size=config.train.eval_size,
                               channels_last=config.train.channels_last, progress=progress, postprocessors=post,
                               dist=dist, tta=config.train.tta, slide=config.train.slide)

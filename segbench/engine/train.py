@@ -33,6 +33,36 @@ class TrainResult:
     start_step: int = 0  # where this attempt started (> 0 for a resumed run)
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints, over every attempt
     sync_bn: bool = False  # SyncBatchNorm in effect
+    ema: Any = None  # the weights' exponential moving average (an ``AveragedModel``) when ``config.ema`` is set
+
+
+def build_ema(model, decay: float):
+    """torch's ``AveragedModel`` keeping an exponential moving average of ``model``'s weights and buffers."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def micro_batches(images, targets: list, size: int) -> list[tuple[Any, list, float]]:
+    """``(images, targets, weight)`` chunks of at most ``size`` images; the weights (chunk / batch) sum to 1.
+
+    Summing ``weight * loss(chunk)`` over the chunks gives the loss and the
+    gradients of the whole batch for any loss that is a mean over its images.
+    """
+    total = images.shape[0]
+    return [(images[i:i + size], targets[i:i + size], min(size, total - i) / total) for i in range(0, total, size)]
+
+
+def _weighted(loss, weight: float):
+    """``loss * weight``, and ``loss`` itself at weight 1 (no accumulation: the same graph as before)."""
+    return loss if weight == 1.0 else loss * weight
+
+
+def _no_sync(forward):
+    """DDP's ``no_sync()`` (gradients kept local until the last chunk's backward), else a no-op context."""
+    import contextlib
+
+    return forward.no_sync() if hasattr(forward, "no_sync") else contextlib.nullcontext()
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -60,7 +90,11 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
 
     ``loader`` draws from a :class:`segbench.engine.data.TrainSampler`.
     ``resume`` is the training state of a checkpoint whose weights are already
-    in ``model``. ``save(step, state)`` writes a checkpoint; it is called on
+    in ``model``. With ``config.accumulate`` = K each loader batch holds K x
+    ``config.batch_size`` images (one optimizer step); it is split into K
+    forward/backward passes whose gradients add up to the whole batch's. With
+    ``config.ema`` set, ``TrainResult.ema`` is the moving average of the
+    weights, updated after every step and kept in the checkpoints. ``save(step, state)`` writes a checkpoint; it is called on
     every process at the same steps: every ``config.checkpoint_every`` steps,
     at an epoch end at least ``checkpoint_every / 4`` steps after the last
     checkpoint, at the last step, and when ``stop`` (a
@@ -75,6 +109,7 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and device.type == "cuda")
     normalize = Normalizer(mean, std, device, config.channels_last)
+    ema = build_ema(model, config.ema) if config.ema else None
     sampler = loader.sampler
     per_epoch = sampler.batches_per_epoch(loader.batch_size, loader.drop_last)
     state = _Progress()
@@ -86,6 +121,8 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
             setattr(state, key, resume[key])
         state.last_checkpoint = state.step
         set_rng_state(resume["rng"][dist.rank], device)
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
         if resume.get("loader_generator") is not None and loader.generator is not None:
             loader.generator.set_state(resume["loader_generator"])
     start_step, prior_seconds = state.step, state.seconds
@@ -99,6 +136,7 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "loader_generator": loader.generator.get_state() if loader.generator is not None else None,
             "rng": rng_state(device), "world_size": dist.world_size,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         }
 
     bar = tqdm(total=config.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
@@ -112,10 +150,20 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
             for batch in loader:
                 images = normalize(batch["images"])  # images of different sizes padded, as their targets
                 targets = pad_targets(targets_to(batch["targets"], device), batch["images"], images.shape[-2:])
+                *early, final = micro_batches(images, targets, config.batch_size)
+                if early:  # gradient accumulation: each chunk's backward adds to the gradients, synced once
+                    optimizer.zero_grad(set_to_none=True)
+                value = 0.0
+                for chunk_images, chunk_targets, weight in early:
+                    with _no_sync(forward):
+                        with autocast(device, config.amp):
+                            part = _weighted(sum(forward(chunk_images, chunk_targets).values()), weight)
+                        value += float(part.detach())
+                        scaler.scale(part).backward()
                 with autocast(device, config.amp):
-                    losses = forward(images, targets)
-                loss = sum(losses.values())
-                value = float(loss.detach())
+                    losses = forward(final[0], final[1])
+                loss = _weighted(sum(losses.values()), final[2])
+                value += float(loss.detach())
                 epoch_end = state.batch + 1 == per_epoch
                 last = state.step + 1 == config.steps
                 due = every > 0 and (last or (state.step + 1) % every == 0
@@ -127,7 +175,8 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
                         f"{k}={float(v.detach()):.4g}" for k, v in losses.items()) + ")"
                     raise RunFailed(f"non-finite loss at step {state.step + 1}{where or ' in another process'}; "
                                     "lower lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
+                if not early:
+                    optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.grad_clip:
                     scaler.unscale_(optimizer)
@@ -135,6 +184,8 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 state.step += 1
                 state.images += images.shape[0]
                 state.batch = 0 if epoch_end else state.batch + 1
@@ -164,4 +215,4 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
         bar.close()
     seconds = prior_seconds + time.perf_counter() - attempt_start - attempt_checkpoints
     return TrainResult(config.steps, state.images, seconds, state.smoothed, start_step, state.checkpoint_seconds,
-                       synced)
+                       synced, ema)
