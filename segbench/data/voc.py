@@ -46,7 +46,7 @@ from torchvision import tv_tensors
 
 from segbench.data.builtin import ARCHIVES, OFFICIAL_COUNTS, VOC_CLASSES
 from segbench.data.checks import Problem, error, warning
-from segbench.data.classlists import pick_background
+from segbench.data.classlists import ClassList, pick_background, read_classes_txt, read_labelmap
 from segbench.data.files import (
     FileDataset,
     FileProblem,
@@ -421,6 +421,11 @@ class VOC2007(VOCDataset):
                          official_counts=OFFICIAL_COUNTS["voc2007"], **options)
 
 
+FORMAT_HINT = ("voc_format reads a folder holding JPEGImages/, SegmentationClass/ and "
+               "ImageSets/Segmentation/{split}.txt (Annotations/ optional), classes from labelmap.txt or classes.txt "
+               "(see docs/datasets.md)")
+
+
 class VOCFormat(VOCDataset):
     """``voc_format``: any data in the VOC segmentation layout (a CVAT or datumaro export, a VOC-style set).
 
@@ -431,29 +436,20 @@ class VOCFormat(VOCDataset):
     """
 
     def __init__(self, root: Any, split: str = "val", *, background: Any = "auto", **options: Any) -> None:
-        hint = FORMAT_HINT
-        voc_dir = find_voc_dir(root, "2012", hint, "voc_format")
+        voc_dir = find_voc_dir(root, "2012", FORMAT_HINT, "voc_format")
         class_list = _voc_format_classes(voc_dir, Path(root).expanduser())
         super().__init__(root, split, year="2012", task="segmentation", name="voc_format",
                          classes=class_list.names, background=pick_background(class_list, background),
                          colors=class_list.colors, annotations_optional=True, **options)
-        self.hint = hint
-        self.class_source = class_list.source
+        self.hint = FORMAT_HINT
 
     def _identity(self) -> dict[str, Any]:
         return {**super()._identity(), "background": self.background, "annotations": self.has_xml,
                 "colors": [list(c) for c in self.colors] if self.colors else None}
 
 
-FORMAT_HINT = ("voc_format reads a folder holding JPEGImages/, SegmentationClass/ and "
-               "ImageSets/Segmentation/{split}.txt (Annotations/ optional), classes from labelmap.txt or classes.txt "
-               "(see docs/datasets.md)")
-
-
-def _voc_format_classes(voc_dir: Path, root: Path):
+def _voc_format_classes(voc_dir: Path, root: Path) -> ClassList:
     """The class list of a VOC-layout folder: labelmap.txt, else classes.txt, else VOC's 21 in the VOC palette."""
-    from segbench.data.classlists import ClassList, read_classes_txt, read_labelmap
-
     for folder in dict.fromkeys((voc_dir, root)):
         if (folder / "labelmap.txt").is_file():
             return read_labelmap(folder / "labelmap.txt")
