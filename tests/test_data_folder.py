@@ -220,7 +220,8 @@ def test_split_files_give_the_splits_as_listed(tmp_path):
 
 def test_a_split_id_without_an_image_or_outside_the_root_names_the_list_and_line(tmp_path):
     root = make_folder(tmp_path / "d", 4, splits={"train": ["img00", "img01"], "val": ["img02", "nosuch"]})
-    with pytest.raises(DataError, match=r"splits/val.txt: line 2: 'nosuch' has no image in"):
+    (root / "splits" / "val.txt").write_text("img02\n\nnosuch\n")  # the file's line, blank lines counted
+    with pytest.raises(DataError, match=r"splits/val.txt: line 3: 'nosuch' has no image in"):
         FolderDataset(root, "val")
     (root / "splits" / "val.txt").write_text("img02\n../../outside/img00\n")
     with pytest.raises(DataError, match=r"splits/val.txt: line 2: '../../outside/img00' points outside"):

@@ -267,12 +267,12 @@ def check_inside(names: Iterable[str], folder: Path, source: Path, what: str = "
             parent = (folder / Path(*parts[:-1])).resolve()
             escapes = parent != base and base not in parent.parents
         if escapes:
-            where = labels[number - 1] if labels else _line_of(source, name) or f"{what} {number}"
+            where = labels[number - 1] if labels else line_of(source, name) or f"{what} {number}"
             raise DataError(f"{source}: {where}: {name!r} points outside {folder}; every {what} must name a file "
                             f"inside the dataset root")
 
 
-def _line_of(source: Path, name: str) -> str:
+def line_of(source: Path, name: str) -> str:
     """``"line K"`` of the first line of a text list that holds ``name``; "" for other sources."""
     if source.suffix != ".txt":
         return ""

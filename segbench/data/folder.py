@@ -31,8 +31,9 @@ from torchvision import tv_tensors
 from segbench.data.checks import Problem, error, warning
 from segbench.data.classlists import ClassList, pick_background, read_classes_txt, read_dataset_meta
 from segbench.data.files import (FileDataset, FileProblem, check_image, check_inside, check_split_options,
-                                 file_digest, hash_split, labels_from_classes, mask_size, need_root, out_of_range,
-                                 present_classes, read_label_png, read_lines, read_rgb, sizes_digest, values_message)
+                                 file_digest, hash_split, labels_from_classes, line_of, mask_size, need_root,
+                                 out_of_range, present_classes, read_label_png, read_lines, read_rgb, sizes_digest,
+                                 values_message)
 from segbench.errors import ConfigError, DataError
 
 __all__ = ["FolderDataset", "IMAGE_SUFFIXES", "find_class_list"]
@@ -126,10 +127,10 @@ class FolderDataset(FileDataset):
                                 f"(without splits/, the folder has train and val only: a hash split)")
             ids = read_lines(self.split_source, f"the folder {self.split} list", first_token=False)
             check_inside(ids, self.image_dir, self.split_source)
-            for number, image_id in enumerate(ids, 1):
+            for image_id in ids:
                 if image_id not in images:
-                    raise DataError(f"{self.split_source}: line {number}: '{image_id}' has no image in "
-                                    f"{self.image_dir}")
+                    raise DataError(f"{self.split_source}: {line_of(self.split_source, image_id)}: '{image_id}' has "
+                                    f"no image in {self.image_dir}")
             return ids
         self.split_source = self.image_dir
         return [s for s in sorted(images) if hash_split(s, self.split_seed, self.val_fraction) == self.split]
