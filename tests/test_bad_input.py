@@ -341,3 +341,15 @@ def test_a_folder_mask_value_outside_the_classes_names_file_and_value(capsys, tm
     code, out, err = cli(capsys, "data", "check", "folder", "--root", str(root))
     assert code == 1 and "Traceback" not in err and snapshot(root) == before
     assert f"error: {root / 'masks' / 'im4.png'}: mask has value 7 outside the classes 0..2 and 255" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--dataset", "coco_format"), "dataset 'coco_format' needs --set annotations=FILE"),
+    (("--dataset", "coco_format", "--set", "annotations=/nonexistent/a.json", "--set", "images=/nonexistent"),
+     "/nonexistent/a.json: no such file (option annotations of coco_format)"),
+    (("--dataset", "voc_format", "--root", "/nonexistent"), "/nonexistent: no such directory"),
+    (("--dataset", "folder", "--set", "void=300", "--root", "/nonexistent"),
+     "dataset 'folder': option void must be a mask value 0..255, got 300"),
+])
+def test_datasets_from_files_refuse_missing_options_and_files_in_one_line(capsys, tmp_path, args, message):
+    assert message in refused(capsys, tmp_path, "run", "--method", "weldon", "--recipe", "quick", *args, "-q")
