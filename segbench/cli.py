@@ -396,14 +396,17 @@ def compare_command(run_a, run_b, out_dir, images, root, device, runs_dir, force
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @click.option("--per-class", is_flag=True, help="Methods x classes: per-class IoU (miou) or AP (cls_map, loc_map) "
                                                 "of --metric.")
+@click.option("--columns", default=None, help="Cost columns after the metrics, comma-separated: params, gflops, "
+                                            "train_tflops, batch (from the records).")
 def leaderboard_command(metric, by, dataset, split, fmt, output, published, fractions, runs_dir, force,
-                        per_class) -> None:
+                        per_class, columns) -> None:
     """Tables of finished runs: methods x datasets (or x metrics, or x classes), mean ± std (n) over seeds."""
     from segbench.engine.run import runs_dir as default_runs
     from segbench.results.leaderboard import leaderboard, write_leaderboard
 
     kwargs = dict(metric=metric, by=by, published=published, dataset=dataset, split=split, percent=not fractions,
-                  on_error=lambda path, message: click.echo(f"warning: {message}", err=True), per_class=per_class)
+                  on_error=lambda path, message: click.echo(f"warning: {message}", err=True), per_class=per_class,
+                  columns=columns)
     try:
         if output:
             path = write_leaderboard(default_runs(runs_dir), Path(output), fmt=fmt, overwrite=force, **kwargs)

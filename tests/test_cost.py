@@ -70,3 +70,52 @@ def test_world_size_enters_the_config_id_only_beyond_one_process():
     one = make_config_id(config, "abc", versions, split="val")
     assert make_config_id(config, "abc", versions, split="val", world_size=1) == one
     assert make_config_id(config, "abc", versions, split="val", world_size=2) != one
+
+
+def test_record_keeps_parameters_and_flops_counted_independently(tmp_path):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segbench.api import create_method
+    from segbench.engine.run import run_experiment
+
+    record = run_experiment("weldon", "shapes", overrides={**TINY, "accumulate": 2}, runs=tmp_path,
+                            progress=False).record
+    cost = record["cost"]
+    model = create_method("weldon", 7, **record["config"]["model"]).eval()
+    assert cost["parameters"] == sum(p.numel() for p in model.parameters()) > 0
+    assert cost["trainable_parameters"] == cost["parameters"]
+    assert cost["flops_size"] == [32, 32]  # no crop in the recipe: the training images' size
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():  # real tensors on the CPU, not the meta device the engine counts on
+        model.predict(torch.zeros(1, 3, 32, 32))
+    assert cost["forward_gflops"] == round(counter.get_total_flops() / 1e9, 3) > 0
+    assert record["effective_batch_size"] == 8  # batch 4 x 2 accumulated passes
+    assert cost["train_gflops"] == round(3 * cost["forward_gflops"] * 4 * 8, 1)
+
+
+def test_leaderboard_cost_columns_come_from_the_records(tmp_path):
+    from segbench.results.leaderboard import build_leaderboard, leaderboard
+
+    base = RunRecord(run_id="r0", config_id="c0", status="finished", method="fcn8s", dataset="shapes", split="val",
+                     recipe="bench", seed=0, config={}, dataset_identity={"fingerprint": "f"},
+                     metrics={"miou": 0.5}, created_at="2025-01-01T00:00:00+00:00",
+                     finished_at="2025-01-01T00:01:00+00:00", effective_batch_size=16,
+                     cost={"parameters": 1_234_567, "trainable_parameters": 1_234_567, "forward_gflops": 2.5,
+                           "flops_size": [96, 96], "train_gflops": 12_000.0})
+    old = RunRecord(run_id="r1", config_id="c1", status="finished", method="unet", dataset="shapes", split="val",
+                    recipe="bench", seed=0, config={}, dataset_identity={"fingerprint": "f"}, metrics={"miou": 0.4},
+                    created_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00")
+    board = build_leaderboard([base, old], metric="miou", columns="params,gflops,train_tflops,batch")
+    frame = board.display_frame()
+    assert list(frame.columns) == ["Method", "Shapes", "Params (M)", "GFLOPs", "Train TFLOPs", "Batch"]
+    first = frame[frame["Method"] == "FCN-8s"].iloc[0]
+    assert (first["Params (M)"], first["GFLOPs"], first["Train TFLOPs"], first["Batch"]) == ("1.23", "2.50", "12.0",
+                                                                                              "16")
+    older = frame[frame["Method"] == "U-Net"].iloc[0]  # a record from before the cost field: empty cells
+    assert older["Params (M)"] == older["GFLOPs"] == older["Batch"] == "-"
+    assert "Cost columns are the runs' own" in board.to_markdown()
+    with pytest.raises(Exception, match=r"unknown --columns flops; columns: params, gflops, train_tflops, batch"):
+        build_leaderboard([base], metric="miou", columns="flops")
+    with pytest.raises(Exception, match="drop --columns"):
+        leaderboard(tmp_path, metric="miou", per_class=True, columns="params")

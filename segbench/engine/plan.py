@@ -27,9 +27,7 @@ def make_plan(*, method_spec: Any, dataset_spec: Any, config: Any, recipe: str, 
     images = len(train_set)
     groups = [{"lr": g["lr"], "weight_decay": g.get("weight_decay", train.weight_decay),
                "parameters": sum(p.numel() for p in g["params"])} for g in param_groups(model, train)]
-    parameters = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size = flops_size(config, train_set)
+    cost = model_cost(method_spec, dataset_spec, config, model, train_set, effective)
     return {
         "method": method_spec.name, "dataset": dataset_spec.name, "recipe": recipe, "recipe_reason": why,
         "train_split": train_split, "train_images": images, "eval_split": split, "eval_images": len(eval_set),
@@ -42,8 +40,9 @@ def make_plan(*, method_spec: Any, dataset_spec: Any, config: Any, recipe: str, 
                   for p in LR_POINTS},
         "param_groups": groups, "crop_size": train.crop_size, "warp_size": train.warp_size,
         "scale_range": [train.scale_min, train.scale_max], "eval_size": train.eval_size, "hflip": train.hflip,
-        "init": train.init or None, "parameters": parameters, "trainable_parameters": trainable,
-        "flops_size": list(size), "predict_gflops": predict_gflops(method_spec, dataset_spec, config, size),
+        "init": train.init or None, "parameters": cost["parameters"],
+        "trainable_parameters": cost["trainable_parameters"], "flops_size": cost["flops_size"],
+        "predict_gflops": cost["forward_gflops"], "train_gflops": cost["train_gflops"],
         "postprocess": list(postprocess), "metrics": sorted(metrics),
         "deviations": list(method_spec.recipes[recipe].deviations),
         "config_id": config_id, "run_id": run_id, "finished_run": finished,
@@ -82,6 +81,19 @@ def predict_gflops(method_spec: Any, dataset_spec: Any, config: Any, size: tuple
     return round(counter.get_total_flops() / 1e9, 3)
 
 
+def model_cost(method_spec: Any, dataset_spec: Any, config: Any, model: Any, train_set: Any,
+               effective_batch: int) -> dict[str, Any]:
+    """What a record keeps of the model's size and compute (``RunRecord.cost``)."""
+    size = flops_size(config, train_set)
+    forward = predict_gflops(method_spec, dataset_spec, config, size)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "forward_gflops": forward, "flops_size": list(size),
+        "train_gflops": None if forward is None else round(3 * forward * config.train.steps * effective_batch, 1),
+    }
+
+
 def format_plan(plan: Mapping[str, Any]) -> str:
     """The plan as the lines ``--dry-run`` prints."""
     groups = "; ".join(f"{g['parameters'] / 1e6:.2f} M at lr {g['lr']:.3g}, wd {g['weight_decay']:.3g}"
@@ -108,7 +120,9 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         + f", warmup {plan['warmup_steps']}; lr at {lr_at}",
         f"  param groups   {groups}",
         f"  model          {plan['parameters'] / 1e6:.2f} M parameters ({plan['trainable_parameters'] / 1e6:.2f} M "
-        f"trainable); predict {gflops} GFLOPs at {plan['flops_size'][0]}x{plan['flops_size'][1]}",
+        f"trainable); predict {gflops} GFLOPs at {plan['flops_size'][0]}x{plan['flops_size'][1]}"
+        + (f"; training {plan['train_gflops'] / 1e3:.4g} TFLOPs (3 x forward x steps x batch)"
+           if plan.get("train_gflops") is not None else ""),
         f"  init           {plan['init'] or 'as built (pretrained weights as the recipe says)'}",
         f"  postprocess    {', '.join(plan['postprocess']) or 'none'}",
         f"  metrics        {', '.join(plan['metrics'])}",

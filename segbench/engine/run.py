@@ -371,6 +371,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     from segbench.engine.device import amp_in_effect, device_name
     from segbench.engine.evaluate import evaluate
     from segbench.engine.init import apply_init, resolve_init
+    from segbench.engine.plan import model_cost
     from segbench.engine.resources import cuda_peak_mb, peak_rss_mb, reset_cuda_peak
     from segbench.engine.seeding import mix, seed_everything, set_deterministic
     from segbench.engine.signals import stop_on_signals
@@ -442,12 +443,13 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                          run_id=run_id, finished=str(store.path_for(reused["run_id"])) if reused else None)
         return RunOutcome(plan, store.path_for(run_id), plan=plan)
 
+    effective_batch = config.train.batch_size * config.train.accumulate * dist.world_size
     template = RunRecord(
         run_id=run_id, config_id=config_id, status="running", method=method, dataset=dataset, split=split,
         recipe=recipe, seed=seed, config=config_dict, dataset_identity=identity,
         class_names=list(dataset_spec.classes),
-        effective_batch_size=config.train.batch_size * config.train.accumulate * dist.world_size,
-        world_size=dist.world_size, deterministic=config.train.deterministic, environment=env,
+        effective_batch_size=effective_batch, world_size=dist.world_size, deterministic=config.train.deterministic,
+        environment=env, cost=model_cost(method_spec, dataset_spec, config, model, train_set, effective_batch),
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0),
                "train_split": train_split,

@@ -232,6 +232,7 @@ def build_leaderboard(
     decimals: int | None = None,
     published_path: str | os.PathLike | None = None,
     source: str = "the runs",
+    columns: str | list[str] | None = None,
 ) -> Leaderboard:
     """The leaderboard of ``records``: methods x datasets for one ``metric`` or methods x metrics (``by``).
 
@@ -240,6 +241,8 @@ def build_leaderboard(
     it may list several keys separated by commas (``"auto"``: all of them).
     ``dataset`` and ``split`` keep only those runs. ``published`` adds the
     references of ``leaderboards/published.csv`` as ``<name> (paper)`` rows.
+    ``columns`` adds the runs' cost after the metric columns: any of
+    ``params``, ``gflops``, ``train_tflops``, ``batch`` (:data:`COST_COLUMNS`).
     """
     import pandas as pd
 
@@ -250,6 +253,8 @@ def build_leaderboard(
     datasets = _split_list(dataset)
     records = [_as_record(r) for r in records]
     deviations_of = {r.config_id: tuple(r.extra.get("deviations") or ()) for r in records if r.status == "finished"}
+    extra_columns = cost_columns(columns)
+    cost_of = {r.config_id: r for r in records if r.status == "finished"}
     summary = summary_frame(records)
     if datasets:
         summary = summary[summary["dataset"].isin(datasets)]
@@ -343,6 +348,12 @@ def build_leaderboard(
                 "mean": rec.mean * scale, "std": (rec.std * scale) if rec.n > 1 else float("nan"), "n": int(rec.n),
                 "published": False, "verified": None, "decimals": decimals,
             }
+            for name in extra_columns:
+                title, value_of, places = COST_COLUMNS[name]
+                value = value_of(cost_of[rec.config_id]) if rec.config_id in cost_of else None
+                if value is not None:
+                    cells[(i, title)] = {"mean": value, "std": float("nan"), "n": None, "published": False,
+                                         "verified": None, "decimals": places}
 
     # published rows
     if refs is not None and not refs.empty:
@@ -392,8 +403,36 @@ def build_leaderboard(
         if any(c["published"] and not c["verified"] for c in cells.values()):
             footnotes.append(f"{UNVERIFIED} not yet verified against its source.")
     footnotes.extend(deviation_notes)
+    if extra_columns:
+        columns = [*columns, *(COST_COLUMNS[name][0] for name in extra_columns)]
+        footnotes.append("Cost columns are the runs' own (records' cost): parameters, forward GFLOPs of one image "
+                         "at the training crop, training TFLOPs (3 x forward x steps x effective batch), effective "
+                         "batch (batch x accumulation x processes).")
     return Leaderboard(heads=heads, columns=columns, rows=rows, cells=cells, caption=caption, footnotes=footnotes,
                        show_source=bool(published), percent=percent)
+
+
+def _cost(record: RunRecord, key: str, scale: float = 1.0) -> float | None:
+    value = (record.cost or {}).get(key)
+    return None if value is None else value * scale
+
+
+COST_COLUMNS: dict[str, tuple[str, Callable[[RunRecord], float | None], int]] = {
+    "params": ("Params (M)", lambda r: _cost(r, "parameters", 1e-6), 2),
+    "gflops": ("GFLOPs", lambda r: _cost(r, "forward_gflops"), 2),
+    "train_tflops": ("Train TFLOPs", lambda r: _cost(r, "train_gflops", 1e-3), 1),
+    "batch": ("Batch", lambda r: r.effective_batch_size, 0),
+}
+"""``--columns`` names: (column title, value from a record, decimals)."""
+
+
+def cost_columns(columns: str | list[str] | None) -> list[str]:
+    """The ``--columns`` names, checked against :data:`COST_COLUMNS`."""
+    names = _split_list(columns)
+    unknown = [n for n in names if n not in COST_COLUMNS]
+    if unknown:
+        raise ConfigError(f"unknown --columns {', '.join(unknown)}; columns: {', '.join(COST_COLUMNS)}")
+    return list(dict.fromkeys(names))
 
 
 def _number_deviations(rows: list[dict[str, str]], deviations: Mapping[int, list[str]]) -> list[str]:
@@ -488,6 +527,7 @@ def leaderboard(
     published_path: str | os.PathLike | None = None,
     on_error: Callable[[Path, str], None] | None = None,
     per_class: bool = False,
+    columns: str | list[str] | None = None,
 ) -> str:
     """The leaderboard of the finished runs in ``runs_dir`` as ``md``, ``csv`` or ``latex`` text.
 
@@ -496,9 +536,9 @@ def leaderboard(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown leaderboard format {fmt!r}; formats: {', '.join(FORMATS)}")
-    if per_class and (published or by != "datasets"):
+    if per_class and (published or by != "datasets" or columns):
         raise ConfigError("--per-class tables are methods x classes of the runs alone: drop "
-                          + ("--published" if published else "--by"))
+                          + ("--published" if published else "--by" if by != "datasets" else "--columns"))
     store = RunStore(runs_dir)
     if not store.root.is_dir() and not published:  # --published alone still shows the papers' numbers
         raise LeaderboardError(f"runs directory {store.root} does not exist (--runs-dir or SEGBENCH_RUNS_DIR); "
@@ -510,7 +550,7 @@ def leaderboard(
     board = build_leaderboard(
         store.iter_records(on_error=on_error), metric=metric, by=by, dataset=dataset, split=split,
         published=published, percent=percent, decimals=decimals, published_path=published_path,
-        source=str(store.root),
+        source=str(store.root), columns=columns,
     )
     return board.render(fmt)
 

@@ -232,6 +232,10 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     """Peak memory and threads: ``peak_rss_mb``, ``cuda_max_allocated_mb`` (null off CUDA), ``threads``."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """The model's size and compute: ``parameters``, ``trainable_parameters``, ``forward_gflops`` (``predict`` on one
+    image of ``flops_size``, the training crop; null where it depends on values, e.g. a detector's NMS) and
+    ``train_gflops`` (forward x 3 x steps x effective batch: the training budget)."""
     resumes: list[dict[str, Any]] = field(default_factory=list)
     """One entry per resumed attempt: ``step`` it resumed from, ``checkpoint``, ``previous_status``, ``at``."""
     environment: dict[str, Any] = field(default_factory=dict)
@@ -333,6 +337,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "deterministic": ((bool,), False),
     "timings": ((dict,), False),
     "resources": ((dict,), False),
+    "cost": ((dict,), False),
     "resumes": ((list,), False),
     "environment": ((dict,), False),
     "weights": ((str, type(None)), False),
