@@ -174,7 +174,9 @@ class DatasetSpec:
     ``needs_root`` is False for generated datasets. ``default_recipe`` is the
     recipe a run gets without ``--recipe`` (``paper`` for real data, ``quick``
     for ``shapes``); ``crop_size`` the training crop of a recipe that sets
-    none (0: whole images, padded into batches).
+    none (0: whole images, padded into batches). ``path_options`` names the
+    options that are files or folders (``annotations``, ``sbd_root``): the
+    fingerprints identify their contents, so they stay out of ``config_id``.
 
     ``classes_from_files``: the classes (and the background) are read from the
     dataset's own files (``folder``, ``voc_format``, ``coco_format``);
@@ -200,6 +202,7 @@ class DatasetSpec:
     needs_root: bool = True
     default_recipe: str = "paper"
     crop_size: int = 0
+    path_options: tuple[str, ...] = ()
     description: str = ""
     citation: str = ""
     url: str = ""

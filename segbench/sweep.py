@@ -147,7 +147,8 @@ def validate_grid(spec: SweepSpec, registry: Any = None) -> dict[tuple[str, str]
                 raise type(exc)(f"{method_name} on {dataset_name}: {exc}") from None
             configs[(method_name, dataset_name)] = canonical_json(
                 identity_dict(config.to_dict(), late_options=methods[method_name].late_options,
-                              renamed_options=methods[method_name].renamed_options))
+                              renamed_options=methods[method_name].renamed_options,
+                              path_options=dataset.path_options))
     return configs
 
 
@@ -243,7 +244,10 @@ def _same_cell(record: Any, method: str, dataset: str, split: str, recipe: str, 
 
     try:
         spec = get_registry().method(method)
-        mine = identity_dict(record.config, late_options=spec.late_options, renamed_options=spec.renamed_options)
+        paths = get_registry().datasets[record.dataset].path_options if record.dataset in get_registry().datasets \
+            else ()
+        mine = identity_dict(record.config, late_options=spec.late_options, renamed_options=spec.renamed_options,
+                             path_options=paths)
         return canonical_json(mine) == config
     except TypeError:
         return False

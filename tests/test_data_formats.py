@@ -201,3 +201,26 @@ def test_coco_format_of_a_shapes_export_takes_its_categories_and_runs_end_to_end
     assert record["dataset_identity"]["train"]["num_images"] + len(data) == 12
     code, stdout, err = cli(capsys, "data", "check", "coco_format", *options)
     assert code == 0 and "coco_format: clean" in err
+
+
+def test_coco_format_files_at_another_path_give_the_same_run_and_changed_files_a_new_one(capsys, tmp_path):
+    first = tmp_path / "here"
+    export_coco(ShapesDataset("val", num_val=12, image_size=48), first, "val")
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(first, moved)
+
+    def run(where: Path) -> dict:
+        options = ["--set", f"annotations={where / 'annotations' / 'instances_val2017.json'}",
+                   "--set", f"images={where / 'val2017'}"]
+        code, stdout, err = cli(capsys, "run", "--method", "weldon", "--dataset", "coco_format", *options, *TINY,
+                                "--runs-dir", str(tmp_path / "runs"))
+        assert code == 0, err
+        return record_of(stdout)
+
+    a, b = run(first), run(moved)
+    assert a["run_id"] == b["run_id"]  # the same files elsewhere: the identical finished run, not a second one
+    assert b["config"]["data"]["annotations"].startswith(str(first))  # reused: the record of the first path
+    data = json.loads((moved / "annotations" / "instances_val2017.json").read_text())
+    data["annotations"] = data["annotations"][1:]  # one object fewer
+    (moved / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    assert run(moved)["run_id"] != a["run_id"]

@@ -197,6 +197,7 @@ VOC2012 = DatasetSpec(
     splits=("train", "val", "trainval", "trainaug"),
     annotations=frozenset({"labels", "labels_ignore", "mask", "boxes", "classes"}),
     options={**FILE_OPTIONS, "sbd_root": None},
+    path_options=("sbd_root",),
     background=0,
     train_split="train",
     eval_split="val",
@@ -338,6 +339,7 @@ COCO_FORMAT = from_files(
     {**SPLIT_OPTIONS, "annotations": None, "images": None, "train_annotations": None, "train_images": None},
     "Any COCO instances file (--set annotations=FILE --set images=DIR): classes from its categories, "
     "background prepended; train from train_annotations or a seeded hash split of the one file",
+    path_options=("annotations", "images", "train_annotations", "train_images"),
 )
 
 REAL_DATASETS = (VOC2012, VOC2007, COCO, MIT67, SCENE15, FOLDER, VOC_FORMAT, COCO_FORMAT)

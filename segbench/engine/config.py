@@ -129,12 +129,17 @@ when it is not 1. (``milestones``, ``gamma`` and ``train_split`` came before thi
 
 def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
                   late_options: Mapping[str, Any] | None = None,
-                  renamed_options: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  renamed_options: Mapping[str, str] | None = None,
+                  path_options: tuple[str, ...] = ()) -> dict[str, Any]:
     """``config`` (:meth:`ResolvedConfig.to_dict`) as it enters ``config_id``: late train fields and the method's
     ``late_options`` (:attr:`MethodSpec.late_options`) at their neutral value left out, ``renamed_options`` under
     their old names; ``init`` replaced by what its weights are (``init_identity``: the source run's id or the
-    file's sha256), so a run id and the path of its weights give one id, and a changed file a new one."""
+    file's sha256), so a run id and the path of its weights give one id, and a changed file a new one. The
+    dataset's ``path_options`` (:attr:`DatasetSpec.path_options`: files and folders, whose contents the dataset
+    fingerprints identify) are left out when set, so the same files at another path give the same id."""
     out = dict(config)
+    if path_options and "data" in out:
+        out["data"] = {k: v for k, v in out["data"].items() if not (k in path_options and v is not None)}
     if "train" in out:
         out["train"] = {k: v for k, v in out["train"].items()
                         if not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}

@@ -408,7 +408,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     versions = code_versions(env, plugins=[method_spec.plugin] if method_spec.plugin in env["plugins"] else [])
     init = resolve_init(config.train.init, store) if config.train.init else None  # an unknown run id stops here
     hashed = identity_dict(config_dict, init.identity if init else None, method_spec.late_options,
-                           method_spec.renamed_options)
+                           method_spec.renamed_options, dataset_spec.path_options)
     config_id = make_config_id(hashed, identity["fingerprint"], versions, split=split, world_size=dist.world_size,
                                train_fingerprint=train_fingerprint_for_id(train_set, train_identity))
     run_id = make_run_id(config_id, seed)
