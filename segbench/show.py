@@ -94,7 +94,10 @@ def eval_data(run: dict[str, Any], split: str | None = None, root: str | None = 
     from segbench.api import create_dataset
     from segbench.specs import resolve_classes
 
-    data = create_dataset(run["dataset"].name, split or run["record"]["split"], root=root, **run["data"])
+    from segbench.engine.reeval import recorded_root
+
+    data = create_dataset(run["dataset"].name, split or run["record"]["split"],
+                          root=recorded_root(run["record"], root), **run["data"])
     run["dataset"] = resolve_classes(run["dataset"], data)  # the classes read from the files, if so
     return data
 

@@ -140,8 +140,15 @@ def test_voc_format_spec_and_an_end_to_end_run_record_the_files_classes(capsys, 
     record = record_of(out)
     assert record["class_names"] == list(SHAPES_CLASSES) and "miou" in record["metrics"]
     assert record["dataset_identity"]["fingerprint"] == VOCFormat(shapes_voc, "val").fingerprint
+    assert record["dataset_identity"]["root"] == str(Path(shapes_voc).resolve())
     code, out, err = cli(capsys, "data", "check", "voc_format", "--root", str(shapes_voc), "--split", "val")
     assert code == 0 and "voc_format: clean" in err
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    code, out, err = cli(capsys, "eval", record["run_id"], "--quiet", *runs)  # no --root: the run's own
+    assert code == 0, err
+    assert f"{100 * record['metrics']['miou']:.2f} %" in out
+    code, out, err = cli(capsys, "show", record["run_id"], "--predictions", "-o", str(tmp_path / "p.png"), *runs)
+    assert code == 0 and (tmp_path / "p.png").is_file(), err
 
 
 # -- coco_format -----------------------------------------------------------------------------------------------

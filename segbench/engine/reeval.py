@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from segbench.errors import ConfigError, DataError
 from segbench.specs import resolve_classes
@@ -40,6 +40,14 @@ def check_class_count(record: dict[str, Any], dataset_spec: Any) -> None:
             f"run '{record['run_id']}' predicts {len(record.get('class_names', []))} classes; dataset "
             f"'{dataset_spec.name}' has {dataset_spec.num_classes}"
         )
+
+
+def recorded_root(record: Mapping[str, Any], root: str | os.PathLike | None = None) -> str | os.PathLike | None:
+    """``root`` when given, else the dataset root the run read (``dataset_identity.root``) while it still exists."""
+    if root is not None:
+        return root
+    saved = (record.get("dataset_identity") or {}).get("root")
+    return saved if saved and os.path.isdir(saved) else None
 
 
 def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None = None, root: str | None = None,
@@ -96,6 +104,7 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
                 config.metrics[name].update(options)
     dist, torch_device = setup(resolve_device(device))
     try:
+        root = recorded_root(record, root) if dataset is None else root  # the run's own data: where it was read
         eval_set = create_dataset(dataset_spec.name, split, root=root, **config.data)
         dataset_spec = resolve_classes(dataset_spec, eval_set)
         check_class_count(record, dataset_spec)

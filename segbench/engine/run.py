@@ -252,6 +252,7 @@ def run_experiment(
     progress: bool = True,
     echo: Callable[[str], None] = lambda message: None,
     dry_run: bool = False,
+    sources: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Train ``method`` on ``dataset`` with ``recipe`` (+ ``overrides``), evaluate, and write a run record.
 
@@ -264,6 +265,8 @@ def run_experiment(
 
     ``postprocess`` names post-processors applied to every prediction after
     the automatic ones (see :func:`postprocess_chain`).
+
+    ``sources`` names the config file each override came from, for errors (:func:`resolve_config`).
 
     An identical finished run is reused (``force`` trains again into a new
     record). An identical unfinished one (interrupted, failed, or left
@@ -283,7 +286,7 @@ def run_experiment(
     postprocess = requested_postprocessors(method_spec, recipe, postprocess, registry)
     chain, outputs = postprocess_chain(method_spec, dataset_spec, registry, postprocess)
     metric_specs = applicable_metrics(method_spec, dataset_spec, registry, metrics, outputs)
-    config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain)
+    config = resolve_config(method_spec, dataset_spec, metric_specs, recipe, overrides, chain, sources)
     check_test_time(method_spec, config.train.tta, config.train.slide)  # instances cannot be averaged
     needs = method_spec.recipes[recipe].requires_init
     if needs and not config.train.init:
@@ -391,6 +394,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         eval_set.select_targets(needed)
     identity = dataset_identity(eval_set, dataset_spec, split, config.data)
     identity["skipped"] = getattr(eval_set, "skipped", 0)
+    if getattr(eval_set, "root", None) is not None:  # where the files were read (not in the id): eval/show reuse it
+        identity["root"] = str(Path(eval_set.root).resolve())
     train_split = training_split(config, dataset_spec)  # built before the id: its files are part of it
     train_set = create_dataset(dataset, train_split, root=root, **config.data)
     validate(train_set)
