@@ -78,9 +78,8 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def planned_outputs(images: Sequence[Path], out: Path, *, score_maps: bool, overlay: bool,
-                    instances: bool) -> list[Path]:
-    """The files predicting ``images`` writes under ``out`` (relative to it); two inputs of one name are an error."""
+def planned_outputs(images: Sequence[Path], *, score_maps: bool, overlay: bool, instances: bool) -> list[Path]:
+    """The files predicting ``images`` writes, relative to the output folder; two inputs of one name are an error."""
     seen: dict[str, Path] = {}
     for image in images:
         if image.stem in seen:
@@ -117,7 +116,7 @@ def predict_run(run_id: str, paths: Sequence[str | os.PathLike], out: str | os.P
     images = collect_images(paths)
     run = _load(run_id, runs, device, tta, slide)
     instances = "instances" in run["method"].outputs
-    files = planned_outputs(images, out, score_maps=score_maps, overlay=overlay, instances=instances)
+    files = planned_outputs(images, score_maps=score_maps, overlay=overlay, instances=instances)
     existing = next((out / f for f in files if (out / f).exists()), None)
     if existing is not None and not force:
         raise ConfigError(f"{existing} already exists; use --force to overwrite it")
@@ -129,7 +128,8 @@ def predict_run(run_id: str, paths: Sequence[str | os.PathLike], out: str | os.P
     train = run["train"]
     normalize = Normalizer(run["dataset"].mean, run["dataset"].std, torch_device, train.get("channels_last", False))
     full_maps = score_maps or needs_full_score_maps([], run["post"])
-    writer = _Writer(Path(f"{out.parent / ('.' + out.name)}.predict-{os.getpid()}.tmp"), run["classes"])
+    here = out.resolve()
+    writer = _Writer(here.parent / f".{here.name}.predict-{os.getpid()}.tmp", run["classes"])
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     results: list[dict] = []
     try:
@@ -149,7 +149,7 @@ def predict_run(run_id: str, paths: Sequence[str | os.PathLike], out: str | os.P
                     if coco is not None:
                         results += coco.results(path, prediction)
                     pending.append(saver.submit(writer.write, path.stem, image, prediction, score_maps, overlay))
-                while len(pending) > 2 * batch_size:  # bounded memory: wait for the oldest writes
+                while len(pending) > batch_size:  # bounded memory: wait for the oldest writes
                     pending.pop(0).result()
             for job in pending:
                 job.result()

@@ -178,3 +178,13 @@ def test_a_flip_run_gets_its_own_id_its_record_and_label(capsys, tmp_path):
     assert float(shown["miou"]) == pytest.approx(100 * by_tta["flip"]["metrics"]["miou"], abs=0.006)
     code, _, err = run_cli(capsys, "eval", plain, "--runs-dir", str(tmp_path), "--tta", "flap", "-q")
     assert code != 0 and err.count("\n") == 1 and "tta must be" in err
+
+
+@pytest.mark.parametrize("shape", [(7, 13, 17), (2, 21, 9, 11), (1, 5, 3)])
+def test_class_argmax_equals_torch_argmax_ties_included(shape):
+    from segbench.engine.tta import class_argmax
+
+    maps = torch.randint(0, 3, shape).float()  # many ties: the first class wins, as argmax
+    assert torch.equal(class_argmax(maps), maps.argmax(dim=-3))
+    maps.view(-1)[5] = float("nan")
+    assert torch.equal(class_argmax(maps), maps.argmax(dim=-3))

@@ -24,13 +24,15 @@ Nothing here imports torch at module level: :mod:`segbench.engine.config` valida
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from segbench.errors import ConfigError, DataError
 
-__all__ = ["TestTime", "average_views", "check_method", "parse_slide", "parse_tta", "slide_predict", "tta_label"]
+__all__ = ["TestTime", "average_views", "check_method", "class_argmax", "parse_slide", "parse_tta", "slide_predict",
+           "tta_label"]
 
 
 def parse_tta(text: Any) -> tuple[tuple[float, ...], bool]:
@@ -136,12 +138,9 @@ class TestTime:
         (``score_maps`` ``[C, H, W]`` at the input size, ``scores``, ``mask`` where the method gives one)."""
         if self.neutral:
             return predict(inputs)
-        run = predict
+        run = predict  # every view window by window when sliding
         if self.window is not None:
-            size, stride = self.window
-
-            def run(batch):  # noqa: F811 - every view window by window
-                return slide_predict(predict, batch, size, stride)
+            run = functools.partial(slide_predict, predict, size=self.window[0], stride=self.window[1])
         if self.scales == (1.0,) and not self.flip:
             return run(inputs)
         return _averaged(run, inputs, self.scales, self.flip)
@@ -240,13 +239,33 @@ def _stacked_maps(outputs: list[dict]) -> Any:
     return torch.stack([o["score_maps"] for o in outputs])
 
 
+def class_argmax(maps: Any) -> Any:
+    """``maps.argmax(dim=-3)`` (the class of ``[..., C, H, W]`` maps), the same values, faster on the CPU.
+
+    torch's CPU argmax over a strided class axis costs about 45 ms per 7 x 375 x 500 map; a running maximum
+    over the classes (the first class wins ties, as argmax) costs a fifth of it. Maps with NaN go to argmax.
+    """
+    import torch
+
+    if maps.shape[-3] == 1 or maps.device.type != "cpu" or torch.isnan(maps).any():
+        return maps.argmax(dim=-3)
+    best = maps.select(-3, 0).clone()
+    index = torch.zeros(best.shape, dtype=torch.int64, device=maps.device)
+    for c in range(1, maps.shape[-3]):
+        current = maps.select(-3, c)
+        index.masked_fill_(current > best, c)
+        torch.maximum(best, current, out=best)
+    return index
+
+
 def _per_image(maps: Any, scores: Any, mask: bool) -> list[dict]:
+    masks = class_argmax(maps) if mask else None
     out = []
     for i in range(maps.shape[0]):
         prediction = {"score_maps": maps[i]}
         if scores is not None:
             prediction["scores"] = scores[i]
-        if mask:
-            prediction["mask"] = maps[i].argmax(dim=0)
+        if masks is not None:
+            prediction["mask"] = masks[i]
         out.append(prediction)
     return out
