@@ -129,7 +129,7 @@ def predict_run(run_id: str, paths: Sequence[str | os.PathLike], out: str | os.P
     normalize = Normalizer(run["dataset"].mean, run["dataset"].std, torch_device, train.get("channels_last", False))
     full_maps = score_maps or needs_full_score_maps([], run["post"])
     here = out.resolve()
-    writer = _Writer(here.parent / f".{here.name}.predict-{os.getpid()}.tmp", run["classes"])
+    writer = _Writer(here.parent / f".{here.name}.predict-{os.getpid()}.tmp", run["classes"], run["dataset"].background)
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     results: list[dict] = []
     try:
@@ -208,12 +208,13 @@ def _read(paths: Sequence[Path]) -> list[Any]:
 class _Writer:
     """Writes one image's files into ``root`` (a temporary folder), then moves them all into the output."""
 
-    def __init__(self, root: Path, classes: Sequence[str]) -> None:
+    def __init__(self, root: Path, classes: Sequence[str], background: int | None = 0) -> None:
         from segbench.data.export import voc_palette
 
         if len(classes) > 256:
             raise ConfigError(f"{len(classes)} classes do not fit a palette PNG (256 at most)")
         self.root, self.classes, self.palette = root, tuple(classes), voc_palette()
+        self.background = background
         self.colors = [tuple(self.palette[3 * c:3 * c + 3]) for c in range(len(classes))]
         root.mkdir(parents=True, exist_ok=True)
 
@@ -243,7 +244,7 @@ class _Writer:
         import torch
         from torchvision.utils import draw_segmentation_masks
 
-        present = [int(c) for c in torch.unique(mask) if int(c) != 0 or self.classes[0] != "background"]
+        present = [int(c) for c in torch.unique(mask) if int(c) != self.background]
         if not present:
             return image.permute(1, 2, 0).numpy()
         masks = torch.stack([mask == c for c in present])

@@ -141,6 +141,10 @@ def test_tta_option_changes_the_score_maps(weldon, capsys, tmp_path):
         assert code == 0, err
     plain, flip = (np.load(tmp_path / n / "score_maps" / "a.npz")["score_maps"] for n in ("plain", "flip"))
     assert plain.shape == flip.shape and not np.allclose(plain, flip)
+    code, _, err = predict(capsys, run_id, runs, str(images / "a.png"), "-o", str(tmp_path / "slide"),
+                           "--slide", "24,16")
+    assert code == 0, err
+    assert Image.open(tmp_path / "slide" / "a.png").size == (53, 37)
     code, _, err = predict(capsys, run_id, runs, str(images / "a.png"), "-o", str(tmp_path / "x"), "--tta", "ms:0")
     assert code == 2 and err.count("\n") == 1 and "scale '0' is not a positive number" in err
 

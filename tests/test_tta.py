@@ -169,7 +169,8 @@ def test_a_flip_run_gets_its_own_id_its_record_and_label(capsys, tmp_path):
     assert set(by_tta) == {"", "flip"} and by_tta["flip"]["status"] == "finished"
     code, out, err = run_cli(capsys, "leaderboard", "--runs-dir", str(tmp_path), "--metric", "miou")
     assert code == 0, err
-    assert "FCN-32s [flip]" in out or "fcn32s [flip]" in out, out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| FCN")]
+    assert rows == ["FCN-32s", "FCN-32s [flip]"], out
     plain = by_tta[""]["run_id"]
     code, out, err = run_cli(capsys, "eval", plain, "--runs-dir", str(tmp_path), "--tta", "flip", "-q")
     assert code == 0, err
