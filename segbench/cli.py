@@ -309,7 +309,8 @@ def predict_command(run_id, paths, out, score_maps, overlay, tta, slide, coco_gt
     result = predict_run(run_id, paths, out, runs=runs_dir, device=device, batch_size=batch_size, tta=tta,
                          slide=slide, score_maps=score_maps, overlay=overlay, coco_gt=coco_gt, force=force,
                          progress=not quiet)
-    click.echo(f"wrote {len(result.files)} files for {result.images} images under {result.out} "
+    files, images = len(result.files), result.images
+    click.echo(f"wrote {files} file{'s' * (files != 1)} for {images} image{'s' * (images != 1)} under {result.out} "
                f"({result.seconds:.1f} s)")
 
 
