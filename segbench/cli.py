@@ -73,7 +73,8 @@ def _echo_recipes(spec) -> None:
 # -- run -----------------------------------------------------------------------
 def _run_options(func):
     options = [
-        click.option("--method", "-m", required=True, help="Method name (segbench list methods)."),
+        click.option("--method", "-m", default=None, help="Method name (segbench list methods); required unless "
+                                                         "--config or --from gives it."),
         click.option("--dataset", "-d", default="shapes", show_default=True, help="Dataset name."),
         click.option("--recipe", "-r", default=None,
                      help="quick | bench | paper | ... (default: paper on real datasets, quick on shapes)."),
@@ -104,6 +105,11 @@ def _run_options(func):
                      help="Data-parallel processes (starts torchrun): at most the GPUs, or the CPU cores."),
         click.option("--deterministic/--nondeterministic", default=None,
                      help="Deterministic algorithms, cuDNN and cuBLAS settings (recipe field deterministic)."),
+        click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), metavar="FILE.yaml",
+                     help="Run settings from a YAML file (segbench config RUN_ID prints one); --set and options "
+                          "win over it."),
+        click.option("--from", "from_run", default=None, metavar="RUN_ID",
+                     help="The settings of that run (under --config's); --set and options win over them."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -113,7 +119,7 @@ def _run_options(func):
 @cli.command("run")
 @_run_options
 def run_command(method, dataset, recipe, overrides, seed, split, root, device, amp, weights, init, metrics,
-                postprocess, runs_dir, force, dry_run, quiet, nproc, deterministic) -> None:
+                postprocess, runs_dir, force, dry_run, quiet, nproc, deterministic, config_file, from_run) -> None:
     """Train METHOD on DATASET with a recipe, evaluate it and write a run record.
 
     Running a command again after an interruption resumes it from its last
@@ -130,15 +136,25 @@ def run_command(method, dataset, recipe, overrides, seed, split, root, device, a
         values["init"] = init
     if deterministic is not None:
         values["deterministic"] = deterministic
+    args = {"method": method, "dataset": dataset, "recipe": recipe, "seed": seed, "split": split, "root": root,
+            "metrics": [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+            "postprocess": [p for item in postprocess for p in item.split(",") if p]}
+    sources = None
+    if config_file or from_run:  # a file's (or a finished run's) settings, under the command line's
+        from segbench.configfile import combine, read_run_settings
+
+        ctx = click.get_current_context()
+        given = {key for key in args if ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT}
+        args, values, sources = combine(read_run_settings(config_file, from_run, runs_dir), args, given, values)
+    if args["method"] is None:
+        raise click.UsageError("Missing option '--method' / '-m' (or --config FILE / --from RUN_ID).")
     if not dry_run and _start_torchrun(nproc, device):
         return
     from segbench.engine.run import run_experiment
 
     try:
         outcome = run_experiment(
-            method, dataset, recipe=recipe, overrides=values, seed=seed, split=split, root=root, device=device,
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
-            postprocess=[p for item in postprocess for p in item.split(",") if p],
+            args.pop("method"), args.pop("dataset"), **args, overrides=values, sources=sources, device=device,
             runs=runs_dir, force=force, progress=not quiet, echo=lambda m: click.echo(m, err=True), dry_run=dry_run,
         )
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: say where the run stopped and how to resume it
@@ -623,6 +639,18 @@ def sweep_command(methods, datasets, seeds, recipe, overrides, launcher, at_once
                    echo=lambda message: click.echo(message, err=True), out=click.echo)
     if code:
         raise SystemExit(code)
+
+
+# -- config --------------------------------------------------------------------
+# (defined after main(), as sweep: added without touching the commands above)
+@cli.command("config")
+@click.argument("run_id")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False))
+def config_command(run_id, runs_dir) -> None:
+    """Print RUN_ID's resolved config as YAML: segbench run --config FILE runs it again (the same config_id)."""
+    from segbench.configfile import record_yaml
+
+    click.echo(record_yaml(run_id, runs_dir), nl=False)
 
 
 if __name__ == "__main__":

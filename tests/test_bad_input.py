@@ -353,3 +353,51 @@ def test_a_folder_mask_value_outside_the_classes_names_file_and_value(capsys, tm
 ])
 def test_datasets_from_files_refuse_missing_options_and_files_in_one_line(capsys, tmp_path, args, message):
     assert message in refused(capsys, tmp_path, "run", "--method", "weldon", "--recipe", "quick", *args, "-q")
+
+
+# -- config files (issue 15): segbench run --config FILE / --from RUN_ID ------------------------------------------
+BASE = "method: weldon\ntrain: {steps: 1, batch_size: 2}\ndata: {image_size: 32, num_train: 4, num_val: 2}\n"
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"run.yaml": "method: weldon\ntrain: {steps: [1, 2\n"}, "run.yaml: line 3: not valid YAML (did not find "
+                                                             "expected ',' or ']')"),
+    ({"run.yaml": "method: weldon\nmethod: cam\n"}, "run.yaml: line 2: not valid YAML (found duplicate key method)"),
+    ({"run.yaml": "base: a.yaml\n", "a.yaml": "base: run.yaml\n"}, "a.yaml: base cycle {d}/run.yaml -> {d}/a.yaml "
+                                                                   "-> {d}/run.yaml"),
+    ({"run.yaml": "base: [base.yaml, gone.yaml]\n", "base.yaml": BASE},
+     "run.yaml: base file {d}/gone.yaml does not exist"),
+    ({"run.yaml": "base: base.yaml\ntrian: {lr: 0.1}\n", "base.yaml": BASE},
+     "run.yaml: unknown key 'trian'; did you mean train"),
+    ({"run.yaml": "base: base.yaml\ninit: abc\n", "base.yaml": BASE}, "run.yaml: unknown key 'init'; did you mean "
+                                                                      "train.init?"),
+    ({"run.yaml": "base: base.yaml\nmodel: {kmx: 2}\n", "base.yaml": BASE},
+     "run.yaml: unknown key 'model.kmx'; did you mean kmax, kmin?"),
+    ({"run.yaml": "base: base.yaml\nmetrics: {loc_map: {tolerence: 2}}\n", "base.yaml": BASE},
+     "run.yaml: unknown key 'metrics.loc_map.tolerence'; did you mean tolerance?"),
+    ({"run.yaml": "base: base.yaml\nmetrics: [locmap]\n", "base.yaml": BASE},
+     "run.yaml: unknown metric 'locmap'; did you mean 'loc_map'"),
+    ({"run.yaml": "base: base.yaml\n", "base.yaml": BASE.replace("steps: 1", "steps: abc")},
+     "base.yaml: train.steps expects an integer, got 'abc'"),
+    ({"run.yaml": "base: base.yaml\ntrain: {lr: -1}\n", "base.yaml": BASE},
+     "run.yaml: lr must be a positive finite number, got -1.0"),
+    ({"run.yaml": "base: base.yaml\nseed: one\n", "base.yaml": BASE}, "run.yaml: seed expects an integer, got 'one'"),
+    ({"run.yaml": "base: base.yaml\ntrain: {steps: '${nope}'}\n", "base.yaml": BASE},
+     "run.yaml: Interpolation key 'nope' not found"),
+    ({}, "run.yaml: no such config file"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_file(capsys, tmp_path, files, message):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    line = refused(capsys, tmp_path, "run", "--config", str(folder / "run.yaml"), "-q", watch=[folder])
+    assert message.format(d=folder) in line
+
+
+def test_from_an_unknown_run_is_one_line(capsys, tmp_path):
+    (tmp_path / "runs").mkdir()
+    line = refused(capsys, tmp_path, "run", "--from", "0123456789abcdef", "-q")
+    assert line == f"Error: --from 0123456789abcdef: no run record '0123456789abcdef' in {tmp_path / 'runs'}"
+    code, out, err = cli(capsys, "config", "0123456789abcdef", "--runs-dir", str(tmp_path / "runs"))
+    assert code != 0 and out == "" and err.strip() == f"Error: no run record '0123456789abcdef' in {tmp_path / 'runs'}"

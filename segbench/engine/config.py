@@ -221,6 +221,7 @@ def resolve_config(
     recipe: str = "quick",
     overrides: Mapping[str, Any] | None = None,
     postprocessors: Mapping[str, PostprocessorSpec] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> ResolvedConfig:
     """Defaults, then the recipe, then the dataset's metric defaults, then ``overrides``.
 
@@ -228,6 +229,9 @@ def resolve_config(
 
     ``postprocessors`` (in the order they apply) get their default options,
     which ``--set postprocess.NAME.key=value`` or a flat key overrides.
+
+    ``sources`` names the config file each override came from (``segbench run --config``), by key: an error about
+    one of those starts with the file.
     """
     if recipe not in method.recipes:
         raise UnknownNameError(unknown_name_message(f"recipe of method '{method.name}'", recipe, method.recipes))
@@ -252,7 +256,10 @@ def resolve_config(
     sections: dict[str, dict[str, Any]] = {"train": train, "model": model, "data": data}
     explicit: set[tuple[str, str]] = set()
     for key, value in (overrides or {}).items():
-        explicit |= _apply(key, value, sections, metric_options, post_options)
+        try:
+            explicit |= _apply(key, value, sections, metric_options, post_options)
+        except ConfigError as exc:
+            raise _sourced(exc, sources, key) from None
     user_split = any(k in ("train_split", "train.train_split") for k in (overrides or {}))
     if not user_split and train["train_split"] and train["train_split"] not in dataset.splits:
         train["train_split"] = ""  # the recipe's split (trainaug) where the dataset has it, else the dataset's own
@@ -264,8 +271,18 @@ def resolve_config(
         method=method.name, dataset=dataset.name, recipe=recipe,
         train=TrainConfig(**train), model=model, data=data, metrics=metric_options, postprocess=post_options,
     )
-    config.train.validate()
+    try:
+        config.train.validate()
+    except ConfigError as exc:  # the messages start with the field: "lr must be ..."
+        raise _sourced(exc, sources, "train." + str(exc).split(" ", 1)[0]) from None
     return config
+
+
+def _sourced(error: ConfigError, sources: Mapping[str, str] | None, key: str) -> ConfigError:
+    """``error`` starting with the file that set ``key`` (its ``--set`` wording dropped) when a file did."""
+    if not sources or key not in sources:
+        return error
+    return ConfigError(f"{sources[key]}: {str(error).replace('--set ', '', 1)}")
 
 
 def _apply(key: str, value: Any, sections: dict[str, dict], metric_options: dict[str, dict],
