@@ -109,3 +109,29 @@ def test_the_example_files_load_and_resolve(capsys, tmp_path, name):
                          str(tmp_path / "runs"))
     assert code == 0, err
     assert f"steps          {2 if small else 300} " in out and not (tmp_path / "runs").exists()
+
+
+def test_yaml_spellings_become_the_same_overrides(tmp_path):
+    """A bare ``off`` (YAML 1.1 false) is amp's 'off'; names as a list, a comma string or a mapping."""
+    from segbench.configfile import read_run_settings
+
+    path = tmp_path / "run.yaml"
+    path.write_text("method: cam\ntrain: {amp: off}\nmetrics: miou, cls_map\n"
+                    "postprocess: {cam_mask: {bg_threshold: 0.3}, densecrf: null}\n")
+    settings = read_run_settings(str(path), None, None)
+    assert settings.overrides == {"train.amp": "off", "postprocess.cam_mask.bg_threshold": 0.3}
+    assert settings.metrics == ["miou", "cls_map"] and settings.postprocess == ["cam_mask", "densecrf"]
+    assert settings.sources["train.amp"] == str(path) and settings.sources["postprocess.densecrf"] == str(path)
+
+
+def test_help_and_list_do_not_import_omegaconf():
+    """The YAML reader loads only for --config / --from / segbench config."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom segbench.cli import main\n"
+            "for argv in (['list'], ['--help'], ['run', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('LOADED', sorted(m for m in ('omegaconf', 'yaml', 'torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "LOADED []" in out, out[-500:]
