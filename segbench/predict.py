@@ -3,7 +3,9 @@
 What is written, for each input image ``NAME.ext`` (the name must be unique among the inputs):
 
 - ``DIR/NAME.png``: the label map, a palette PNG of the input's size, pixel value = class index, the
-  PASCAL VOC palette (:func:`segbench.data.export.voc_palette`; every dataset gets it);
+  dataset's own class colours where its files give them (a CVAT ``labelmap.txt``, datumaro's
+  ``segmentation_colors``: the record's ``class_colors``), else the PASCAL VOC palette
+  (:func:`segbench.data.export.voc_palette`);
 - ``DIR/score_maps/NAME.npz`` with ``--score-maps``: ``score_maps`` float16 ``[C, H, W]`` at the input's
   size, ``scores`` float16 ``[C]`` where the method gives image scores, ``classes`` (the class names);
 - ``DIR/overlays/NAME.png`` with ``--overlay``: the image with its label map drawn over it
@@ -129,7 +131,8 @@ def predict_run(run_id: str, paths: Sequence[str | os.PathLike], out: str | os.P
     normalize = Normalizer(run["dataset"].mean, run["dataset"].std, torch_device, train.get("channels_last", False))
     full_maps = score_maps or needs_full_score_maps([], run["post"])
     here = out.resolve()
-    writer = _Writer(here.parent / f".{here.name}.predict-{os.getpid()}.tmp", run["classes"], run["dataset"].background)
+    writer = _Writer(here.parent / f".{here.name}.predict-{os.getpid()}.tmp", run["classes"], run["dataset"].background,
+                     run["record"].get("class_colors"))
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     results: list[dict] = []
     try:
@@ -208,12 +211,16 @@ def _read(paths: Sequence[Path]) -> list[Any]:
 class _Writer:
     """Writes one image's files into ``root`` (a temporary folder), then moves them all into the output."""
 
-    def __init__(self, root: Path, classes: Sequence[str], background: int | None = 0) -> None:
+    def __init__(self, root: Path, classes: Sequence[str], background: int | None = 0,
+                 class_colors: Sequence[Sequence[int]] | None = None) -> None:
         from segbench.data.export import voc_palette
 
         if len(classes) > 256:
             raise ConfigError(f"{len(classes)} classes do not fit a palette PNG (256 at most)")
-        self.root, self.classes, self.palette = root, tuple(classes), voc_palette()
+        palette = voc_palette()
+        for c, colour in enumerate((class_colors or [])[:len(classes)]):  # the dataset's own colours (labelmap.txt)
+            palette[3 * c:3 * c + 3] = [int(v) for v in colour]
+        self.root, self.classes, self.palette = root, tuple(classes), palette
         self.background = background
         self.colors = [tuple(self.palette[3 * c:3 * c + 3]) for c in range(len(classes))]
         root.mkdir(parents=True, exist_ok=True)

@@ -231,3 +231,22 @@ def test_coco_format_files_at_another_path_give_the_same_run_and_changed_files_a
     data["annotations"] = data["annotations"][1:]  # one object fewer
     (moved / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     assert run(moved)["run_id"] != a["run_id"]
+
+
+def test_predict_writes_label_maps_in_the_datasets_own_colours(capsys, tmp_path, shapes_voc):
+    mine = shutil.copytree(shapes_voc, tmp_path / "mine")
+    colours = [(0, 0, 0), (250, 10, 10), (10, 250, 10), (10, 10, 250), (200, 200, 0), (0, 200, 200), (200, 0, 200)]
+    lines = [f"{n}:{','.join(map(str, colours[i]))}::" for i, n in enumerate(SHAPES_CLASSES)]
+    (mine / "labelmap.txt").write_text("\n".join(lines) + "\n")
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    code, out, err = cli(capsys, "run", "--method", "fcn8s", "--dataset", "voc_format", "--root", str(mine), *TINY,
+                         *runs)
+    assert code == 0, err
+    record = record_of(out)
+    assert record["class_colors"] == [list(c) for c in colours]
+    image = next((mine / "JPEGImages").glob("*.jpg"))
+    code, out, err = cli(capsys, "predict", record["run_id"], str(image), "-o", str(tmp_path / "out"), "-q", *runs)
+    assert code == 0, err
+    written = Image.open(tmp_path / "out" / f"{image.stem}.png")
+    assert written.mode == "P"
+    assert np.asarray(written.getpalette()[:3 * len(colours)]).reshape(-1, 3).tolist() == [list(c) for c in colours]

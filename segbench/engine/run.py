@@ -458,6 +458,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
         extra={"amp": amp_in_effect(torch_device, config.train.amp),
                "train_skipped": getattr(train_set, "skipped", 0),
                "train_split": train_split,
+               **({"class_colors": [list(map(int, c)) for c in eval_set.colors]}
+                  if getattr(eval_set, "colors", None) else {}),  # the dataset's own colours: predict's palette
                "deviations": list(method_spec.recipes[recipe].deviations),
                **({"init": {"source": init.given, "weights": str(init.path), "identity": init.identity,
                             "loaded": len(init.loaded), "kept": init.kept, "unused": len(init.unused)}}
