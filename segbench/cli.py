@@ -348,17 +348,20 @@ def predict_command(run_id, paths, out, score_maps, overlay, tta, slide, coco_gt
                                                   "or instances as masks and boxes).")
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="With --predictions: the lowest score of an instance drawn.")
+@click.option("--curves", is_flag=True, help="The training loss and validation curves instead (from the record).")
 def show_command(run_id, out, images, max_classes, start, split, root, device, runs_dir, force, confusion, top,
-                 predictions, threshold) -> None:
+                 predictions, threshold, curves) -> None:
     """A PNG grid of images with each present class's score map overlaid (CAM figures); or, with
     --confusion, the confusion matrix; or, with --predictions, predictions beside the ground truth."""
     from segbench import show
 
-    if confusion and predictions:
-        raise click.UsageError("--confusion and --predictions are two figures: choose one")
+    if confusion + predictions + curves > 1:
+        raise click.UsageError("--confusion, --predictions and --curves are different figures: choose one")
     if top is not None and not confusion:
         raise click.UsageError("--top N goes with --confusion")
-    if confusion:
+    if curves:
+        path = show.show_curves(run_id, out, runs=runs_dir, overwrite=force)
+    elif confusion:
         path = show.show_confusion(run_id, out, top=top, runs=runs_dir, overwrite=force)
     elif predictions:
         path = show.show_predictions(run_id, out, images=images, start=start, split=split, root=root,

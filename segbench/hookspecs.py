@@ -71,7 +71,20 @@ def run_started(run: Any) -> None:
     ``run`` is a :class:`segbench.engine.run.RunContext` carrying ``run_id``,
     ``method``, ``dataset``, ``recipe``, ``config`` (the resolved config),
     ``seed`` and ``record_path``. Use it for loggers (wandb, mlflow, ...).
-    Must not modify the run.
+    Must not modify the run. An exception switches the plugin's logging off
+    for the run (one line on stderr); the run goes on.
+    """
+
+
+@hookspec
+def run_step(run: Any, step: int, scalars: dict) -> None:
+    """Called on rank 0 every ``log_every`` training steps, and after each validation (``eval_every``).
+
+    ``scalars`` maps names to numbers: ``loss/<term>`` for each loss term,
+    ``loss``, ``loss_smoothed``, ``lr``, ``images_per_s``, ``peak_rss_mb``
+    (and ``cuda_max_allocated_mb`` on CUDA) at logged steps; ``val/<metric>``
+    after a validation. Use it for loggers. An exception switches the plugin's
+    logging off for the rest of the run; the run goes on.
     """
 
 

@@ -8,7 +8,8 @@ overlaid as a heat map, titled with the class name and its image score.
 
 ``--confusion`` draws the record's row-normalised ``miou`` confusion matrix
 (:func:`show_confusion`), ``--predictions`` rows of image | ground truth |
-prediction (:func:`show_predictions`, torchvision's drawing utilities). See
+prediction (:func:`show_predictions`, torchvision's drawing utilities),
+``--curves`` the training loss and validation curves (:func:`show_curves`). See
 ``docs/analysis.md``.
 """
 
@@ -423,3 +424,54 @@ def show_predictions(run_id: str, out: str | os.PathLike, *, images: int = 6, st
                         f"{record['method']} ({record['recipe']})")])
     plt = pyplot()
     return save_figure(panel_figure(panels, palette, plt), out, plt)
+
+
+# -- training curves ----------------------------------------------------------------------------------------
+def show_curves(run_id: str, out: str | os.PathLike, *, runs: str | os.PathLike | None = None,
+                overwrite: bool = False) -> Path:
+    """Write run ``run_id``'s curves (PNG): the smoothed training loss against the step, and beside it each
+    validation metric (``eval_every``) with the checkpoint the run evaluated marked; a one-line ConfigError for
+    a record without curves."""
+    from segbench.engine.run import runs_dir
+    from segbench.results.store import RunStore
+
+    out = check_out(out, overwrite)
+    record = RunStore(runs_dir(runs)).get(run_id).to_dict()
+    curves = {k: v for k, v in (record.get("curves") or {}).items() if v}
+    if not curves:
+        raise ConfigError(f"run '{record['run_id']}' has no curves (written with log_every=0, before segbench "
+                          f"kept them, or it did not train)")
+    validation = record.get("validation") or {}
+    val = [k for k in curves if k.startswith("val/")]
+    main = [k for k in val if k[4:] in _primary_keys(record) or k[4:] == validation.get("select")]
+    val = main or val  # each metric's headline value (miou, cls_map ...), not its every key
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 1 + bool(val), figsize=(5.5 * (1 + bool(val)), 3.8), squeeze=False,
+                                layout="constrained")
+    if "loss" in curves:
+        steps, values = zip(*curves["loss"])
+        axes[0, 0].plot(steps, values, color="tab:red")
+    axes[0, 0].set(xlabel="step", ylabel="smoothed loss", title="training loss")
+    for key in val:
+        points = [(s, v) for s, v in curves[key] if v is not None]
+        if points:
+            steps, values = zip(*points)
+            axes[0, 1].plot(steps, [100 * v for v in values], marker="o", markersize=3, label=key[4:])
+    if val:
+        if validation.get("step") is not None:
+            axes[0, 1].axvline(validation["step"], color="0.5", linestyle="--",
+                               label=f"evaluated: step {validation['step']} ({validation.get('chosen')})")
+        axes[0, 1].set(xlabel="step", ylabel="%", title=f"validation on '{validation.get('split', '?')}'")
+        axes[0, 1].legend(fontsize=7)
+    figure.suptitle(f"{record['method']} ({record['recipe']}) on {record['dataset']}: {record['run_id']}",
+                    fontsize=9)
+    return save_figure(figure, out, plt)
+
+
+def _primary_keys(record: dict[str, Any]) -> set[str]:
+    """The metric keys leaderboards show (each registered metric's ``primary``) among the record's metrics."""
+    from segbench.engine.validation import selectable
+    from segbench.plugins import get_registry
+
+    metrics = get_registry().metrics
+    return set(selectable({n: metrics[n] for n in record["config"].get("metrics", {}) if n in metrics}).values())

@@ -62,6 +62,9 @@ class TrainConfig:
     slide: str = ""  # sliding-window evaluation "SIZE,STRIDE" (mmsegmentation's slide mode); "" = whole images
     accumulate: int = 1  # gradient accumulation: K passes of batch_size per optimizer step (effective batch x K)
     ema: float = 0.0  # exponential moving average of the weights with this decay (e.g. 0.999), evaluated; 0 = off
+    eval_every: int = 0  # validate every N steps (and at the last) on val_split; 0 = off (segbench.engine.validation)
+    val_split: str = ""  # the split validated on; "" = the dataset's eval_split (a warning when it is the reported one)
+    select: str = ""  # keep the best validation checkpoint by this metric (e.g. miou) and evaluate it; "" = the last
 
     def validate(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("poly", "cosine", "step", "constant"),
@@ -105,6 +108,12 @@ class TrainConfig:
             raise ConfigError(f"accumulate must be a whole number of passes >= 1 (1 = off), got {self.accumulate!r}")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be a decay in [0, 1) (0 = off, e.g. 0.999), got {self.ema!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ConfigError(f"eval_every must be 0 (off) or a number of steps, got {self.eval_every!r}")
+        if not isinstance(self.val_split, str) or not isinstance(self.select, str):
+            raise ConfigError(f"val_split and select must be names, got {self.val_split!r} and {self.select!r}")
+        if (self.val_split or self.select) and not self.eval_every:
+            raise ConfigError("val_split and select choose what validation does: set eval_every=N (steps) too")
         if isinstance(self.warp_size, bool) or not isinstance(self.warp_size, int) or self.warp_size < 0:
             raise ConfigError(f"warp_size must be 0 (off) or a size in pixels, got {self.warp_size!r}")
         from segbench.engine.tta import parse_slide, parse_tta
@@ -120,7 +129,8 @@ ENGINE_FILLED = ("num_classes", "background", "supervision")  # options the engi
 
 
 LATE_TRAIN_FIELDS: dict[str, Any] = {"warp_size": 0, "init": "", "elastic_alpha": 0.0, "elastic_sigma": 5.0,
-                                     "tta": "", "slide": "", "accumulate": 1, "ema": 0.0}
+                                     "tta": "", "slide": "", "accumulate": 1, "ema": 0.0,
+                                     "eval_every": 0, "val_split": "", "select": ""}
 """Train fields added after records existed, each with its neutral value (the one that trains as before the field
 existed). At that value the field stays out of ``config_id`` (:func:`identity_dict`), so adding a field does not
 split records that ran before it from identical runs after it; like ``world_size``, which enters the hash only

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from segbench.engine.config import ResolvedConfig, default_recipe, identity_dict, resolve_config
 from segbench.engine.tta import check_method as check_test_time
+from segbench.engine.validation import check_validation
 from segbench.errors import ConfigError, RunFailed, SegbenchError
 from segbench.plugins import Registry, get_registry
 from segbench.specs import DatasetSpec, MethodSpec, MetricSpec, PostprocessorSpec, resolve_classes
@@ -292,6 +293,7 @@ def run_experiment(
     if needs and not config.train.init:
         raise ConfigError(f"recipe '{method}:{recipe}' starts from {needs}: pass --init RUN_ID (or a weights file)")
     same_split = check_train_split(training_split(config, dataset_spec), split, dataset_spec)
+    validating = check_validation(config.train, dataset_spec, method, split, metric_specs)
     from segbench.results.store import RunStore
 
     store = RunStore(runs_dir(runs))
@@ -303,6 +305,8 @@ def run_experiment(
     dist, torch_device = distributed.setup(resolve_device(device))
     if same_split and dist.is_main:
         echo(same_split)
+    if validating and dist.is_main:
+        echo(validating)
     try:
         return _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store, dist, torch_device,
                     started, recipe=recipe, why=why, dry_run=dry_run, seed=seed, split=split, root=root,
@@ -378,7 +382,9 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     from segbench.engine.resources import cuda_peak_mb, peak_rss_mb, reset_cuda_peak
     from segbench.engine.seeding import mix, seed_everything, set_deterministic
     from segbench.engine.signals import stop_on_signals
+    from segbench.engine.steplog import LoggerHooks, StepLog, log_path
     from segbench.engine.train import train
+    from segbench.engine.validation import build_validation, use_chosen
     from segbench.metrics.confusion import confusion_matrices
     from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
 
@@ -484,8 +490,11 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     checkpoints = state_dir(record_path)
     context = RunContext(record.run_id, config_id, method, dataset, split, recipe, seed, config_dict,
                          record_path, weights_path, device=str(torch_device), extra={"resumed_from": None})
+    hooks = LoggerHooks(registry.pm)  # a logger that raises is switched off, the run goes on
+    if decision["checkpoint"]:
+        context.extra["resumed_from"] = int(record.resumes[-1]["step"])
     if dist.is_main:
-        registry.pm.hook.run_started(run=context)
+        hooks("run_started", run=context)
 
     def save(step: int, state: dict) -> None:
         rngs = distributed.gather(state["rng"], dist)  # every process's RNG states, in rank order
@@ -519,8 +528,18 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
                  f"device {torch_device}{procs}")
             if init is not None and not decision["checkpoint"]:
                 echo(init.summary())
+            validation = build_validation(config=config, dataset_spec=dataset_spec, metric_specs=metric_specs,
+                                          eval_set=eval_set, split=split, root=root, seed=seed, device=torch_device,
+                                          postprocessors=post, dist=dist, directory=checkpoints)
+            steplog = StepLog(log_path(record_path), lambda step, scalars: hooks(
+                "run_step", run=context, step=step, scalars=scalars)) if dist.is_main else None
+            if steplog is not None:
+                steplog.start(int(resume["step"]) if resume else 0)  # no step twice in the CSV
             trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std,
-                            progress, resume=resume, save=save, stop=stop, dist=dist)
+                            progress, resume=resume, save=save, stop=stop, dist=dist, validation=validation,
+                            steplog=steplog)
+            last_weights = use_chosen(validation, trained.ema.module if trained.ema is not None else model,
+                                      record_path.with_suffix(".last.safetensors"), dist)  # select: the best
             if dist.is_main:
                 save_weights(trained.ema.module if trained.ema is not None else model, weights_path)
             eval_sampler = ShardedEvalSampler(len(eval_set), config.train.eval_batch_size, dist.rank, dist.world_size)
@@ -544,24 +563,28 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             record.timings = _timings(started, trained, result, sum(c["images"] for c in costs))
             record.resources = _resources(costs, threads or torch.get_num_threads(), dist.world_size)
             record.extra["sync_bn"] = trained.sync_bn
+            record.curves = {"loss": trained.loss_curve, **(validation.curves if validation is not None else {})}
+            if validation is not None:
+                record.timings["val_s"] = round(validation.seconds, 3)
+                record.extra["validation"] = {**validation.summary(config.train.steps), "last_weights": last_weights}
             if config.train.deterministic:
                 record.extra["nondeterministic_ops"] = sorted(nondeterministic)
             record.finished_at = _now()
     except (RunFailed, SegbenchError) as exc:
-        note = _close(store, record, registry, context, "failed", str(exc), claim, dist)
+        note = _close(store, record, hooks, context, "failed", str(exc), claim, dist)
         exc.args = (f"{exc} (record: {record_path}{note})",)
         raise
     except KeyboardInterrupt as exc:
         message = str(exc) or "interrupted by the user"
-        _close(store, record, registry, context, "interrupted", message, claim, dist)
+        _close(store, record, hooks, context, "interrupted", message, claim, dist)
         raise
     except Exception as exc:
-        _close(store, record, registry, context, "failed", f"{type(exc).__name__}: {exc}", claim, dist)
+        _close(store, record, hooks, context, "failed", f"{type(exc).__name__}: {exc}", claim, dist)
         raise
     if dist.is_main:
         store.write(record)
         claim.lock.release(remove_directory=True)  # finished: the checkpoints have served
-        registry.pm.hook.run_finished(run=context, record=record.to_dict())
+        hooks("run_finished", run=context, record=record.to_dict())
     final = distributed.broadcast(record.to_dict() if dist.is_main else None, dist)
     return RunOutcome(final, record_path)
 
@@ -621,7 +644,7 @@ class _nondeterministic_ops:
         self._catcher.__exit__(*exc)
 
 
-def _close(store, record, registry, context, status: str, error: str, claim=None, dist=None) -> str:
+def _close(store, record, hooks, context, status: str, error: str, claim=None, dist=None) -> str:
     """Mark the run's record ``failed`` or ``interrupted`` with its reason, and tell the hooks (rank 0 only).
 
     The checkpoints stay: running the same command again resumes from the last one. Returns a note for the
@@ -637,7 +660,7 @@ def _close(store, record, registry, context, status: str, error: str, claim=None
         note = f"; the record could not be marked {status} either ({exc})"
     if claim is not None and claim.lock is not None:
         claim.lock.release()
-    registry.pm.hook.run_finished(run=context, record=record.to_dict())
+    hooks("run_finished", run=context, record=record.to_dict())
     return note
 
 

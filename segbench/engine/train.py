@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from segbench.engine.checkpoint import CHECKPOINT_KEEP
 from segbench.engine.data import Normalizer, pad_targets, targets_to
 from segbench.engine.device import autocast
 from segbench.engine.distributed import SINGLE, DistInfo, any_true, training_module
@@ -34,6 +35,7 @@ class TrainResult:
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints, over every attempt
     sync_bn: bool = False  # SyncBatchNorm in effect
     ema: Any = None  # the weights' exponential moving average (an ``AveragedModel``) when ``config.ema`` is set
+    loss_curve: list = field(default_factory=list)  # [step, smoothed loss] every ``config.log_every`` steps
 
 
 def build_ema(model, decay: float):
@@ -79,13 +81,15 @@ class _Progress:
     checkpoint_seconds: float = 0.0
     smoothed: float = float("nan")
     last_checkpoint: int = 0
+    curve: list = field(default_factory=list)  # [step, smoothed loss] every log_every steps
 
 
 _PROGRESS_KEYS = ("step", "epoch", "batch", "images", "seconds", "checkpoint_seconds", "smoothed")
 
 
 def train(model, loader, config, device, mean, std, progress: bool = True, *, resume: dict | None = None,
-          save: Callable[[int, dict], Any] | None = None, stop=None, dist: DistInfo = SINGLE) -> TrainResult:
+          save: Callable[[int, dict], Any] | None = None, stop=None, dist: DistInfo = SINGLE,
+          validation=None, steplog=None) -> TrainResult:
     """Run optimizer steps up to ``config.steps``; raise :class:`RunFailed` on a non-finite loss.
 
     ``loader`` draws from a :class:`segbench.engine.data.TrainSampler`.
@@ -99,6 +103,14 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
     at an epoch end at least ``checkpoint_every / 4`` steps after the last
     checkpoint, at the last step, and when ``stop`` (a
     :class:`segbench.engine.signals.StopRequest`) is set.
+
+    ``validation`` (:class:`segbench.engine.validation.Validation`, on every
+    process) scores the evaluated weights at its steps, between the step and
+    its checkpoint, RNG states untouched. Every ``config.log_every`` steps the
+    smoothed loss joins ``TrainResult.loss_curve`` and, given ``steplog``
+    (:class:`segbench.engine.steplog.StepLog`, rank 0), the step's scalars
+    (:func:`step_scalars`) and the validation's metrics are written to it.
+    Both are in the checkpoints. Training time excludes validation.
     """
     import torch
     from tqdm.auto import tqdm
@@ -120,6 +132,9 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
         for key in _PROGRESS_KEYS:
             setattr(state, key, resume[key])
         state.last_checkpoint = state.step
+        state.curve = [list(point) for point in resume.get("loss_curve", [])]
+        if validation is not None and resume.get("validation") is not None:
+            validation.load_state_dict(resume["validation"])
         set_rng_state(resume["rng"][dist.rank], device)
         if ema is not None:
             ema.load_state_dict(resume["ema"])
@@ -127,12 +142,18 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
             loader.generator.set_state(resume["loader_generator"])
     start_step, prior_seconds = state.step, state.seconds
     every = config.checkpoint_every
-    attempt_start, attempt_checkpoints = time.perf_counter(), 0.0
+    attempt_start, attempt_checkpoints, attempt_validation = time.perf_counter(), 0.0, 0.0
+
+    def trained_seconds() -> float:  # this attempt's training time so far
+        return time.perf_counter() - attempt_start - attempt_checkpoints - attempt_validation
+
+    mark = (0.0, state.images)  # (trained_seconds, images) at the last logged step: images/s since then
 
     def snapshot() -> dict:
         return {
             **{key: getattr(state, key) for key in _PROGRESS_KEYS},
-            "seconds": prior_seconds + time.perf_counter() - attempt_start - attempt_checkpoints,
+            "seconds": prior_seconds + trained_seconds(), "loss_curve": state.curve,
+            **({"validation": validation.state_dict()} if validation is not None else {}),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "loader_generator": loader.generator.get_state() if loader.generator is not None else None,
             "rng": rng_state(device), "world_size": dist.world_size,
@@ -151,19 +172,27 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
                 images = normalize(batch["images"])  # images of different sizes padded, as their targets
                 targets = pad_targets(targets_to(batch["targets"], device), batch["images"], images.shape[-2:])
                 *early, final = micro_batches(images, targets, config.batch_size)
+                logging = config.log_every > 0 and ((state.step + 1) % config.log_every == 0
+                                                    or state.step + 1 == config.steps)
+                terms: dict[str, float] = {}
                 if early:  # gradient accumulation: each chunk's backward adds to the gradients, synced once
                     optimizer.zero_grad(set_to_none=True)
                 value = 0.0
                 for chunk_images, chunk_targets, weight in early:
                     with _no_sync(forward):
                         with autocast(device, config.amp):
-                            part = _weighted(sum(forward(chunk_images, chunk_targets).values()), weight)
+                            parts = forward(chunk_images, chunk_targets)
+                            part = _weighted(sum(parts.values()), weight)
                         value += float(part.detach())
+                        if logging:
+                            _add_terms(terms, parts, weight)
                         scaler.scale(part).backward()
                 with autocast(device, config.amp):
                     losses = forward(final[0], final[1])
                 loss = _weighted(sum(losses.values()), final[2])
                 value += float(loss.detach())
+                if logging:
+                    _add_terms(terms, losses, final[2])
                 epoch_end = state.batch + 1 == per_epoch
                 last = state.step + 1 == config.steps
                 due = every > 0 and (last or (state.step + 1) % every == 0
@@ -195,11 +224,30 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
                 if state.step % 10 == 0 or last:
                     bar.set_postfix(loss=f"{state.smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                     refresh=False)
+                scalars: dict[str, float] = {}
+                if validation is not None and validation.due(state.step, last):
+                    began = time.perf_counter()
+                    scored = _validate(validation, state.step, ema.module if ema is not None else model, device)
+                    attempt_validation += time.perf_counter() - began
+                    validation.seconds += time.perf_counter() - began
+                    scalars = {f"val/{key}": v for key, v in scored.items()}
+                if logging:
+                    state.curve.append([state.step, state.smoothed])
+                    if steplog is not None:
+                        now = trained_seconds()
+                        speed = (state.images - mark[1]) * dist.world_size / max(now - mark[0], 1e-9)
+                        mark = (now, state.images)
+                        scalars = {**step_scalars(terms, value, state.smoothed, scheduler.get_last_lr()[0], speed,
+                                                  device), **scalars}
+                if scalars and steplog is not None:
+                    steplog.write(state.step, scalars)
                 if not dist.enabled:
                     stopping = stop is not None and stop.requested
                 if save is not None and (due or stopping):
                     began = time.perf_counter()
                     save(state.step, snapshot())
+                    if validation is not None:
+                        validation.checkpointed(CHECKPOINT_KEEP)
                     attempt_checkpoints += time.perf_counter() - began
                     state.checkpoint_seconds += time.perf_counter() - began
                     state.last_checkpoint = state.step
@@ -213,6 +261,34 @@ def train(model, loader, config, device, mean, std, progress: bool = True, *, re
         if stop is not None:
             stop.deferred = False
         bar.close()
-    seconds = prior_seconds + time.perf_counter() - attempt_start - attempt_checkpoints
-    return TrainResult(config.steps, state.images, seconds, state.smoothed, start_step, state.checkpoint_seconds,
-                       synced, ema)
+    return TrainResult(config.steps, state.images, prior_seconds + trained_seconds(), state.smoothed, start_step,
+                       state.checkpoint_seconds, synced, ema, state.curve)
+
+
+def _add_terms(terms: dict[str, float], losses: dict, weight: float) -> None:
+    """Add each loss term of a pass, times its weight (its share of the batch), to ``terms``."""
+    for key, term in losses.items():
+        terms[key] = terms.get(key, 0.0) + float(term.detach()) * weight
+
+
+def step_scalars(terms: dict[str, float], loss: float, smoothed: float, lr: float, images_per_s: float,
+                 device) -> dict[str, float]:
+    """A logged step's scalars: ``loss/<term>`` and ``loss`` (this step's), ``loss_smoothed`` (the moving average
+    of the progress bar), ``lr``, ``images_per_s`` (all processes, since the last logged step), ``peak_rss_mb``
+    and, on CUDA, ``cuda_max_allocated_mb``."""
+    from segbench.engine.resources import cuda_peak_mb, peak_rss_mb
+
+    scalars = {**{f"loss/{k}": v for k, v in terms.items()}, "loss": loss, "loss_smoothed": smoothed, "lr": lr,
+               "images_per_s": round(images_per_s, 2), "peak_rss_mb": peak_rss_mb()}
+    cuda = cuda_peak_mb(device)
+    return {**scalars, "cuda_max_allocated_mb": cuda} if cuda is not None else scalars
+
+
+def _validate(validation, step: int, module, device) -> dict[str, float]:
+    """``validation(step, module)`` leaving the RNG states and the module's mode as they were."""
+    saved, training = rng_state(device), module.training
+    try:
+        return validation(step, module)
+    finally:
+        set_rng_state(saved, device)
+        module.train(training)

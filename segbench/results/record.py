@@ -226,6 +226,9 @@ class RunRecord:
     class_names: list[str] = field(default_factory=list)
     confusion: dict[str, list[list[int]]] = field(default_factory=dict)
     """``{metric: C x C pixel counts}``, rows the ground truth, columns the prediction, void left out (``miou``)."""
+    curves: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    """``{"loss": [[step, smoothed loss], ...], "val/<metric>": [[step, value or null], ...]}`` (``log_every``,
+    ``eval_every``)."""
     effective_batch_size: int | None = None
     world_size: int = 1
     deterministic: bool = True
@@ -332,6 +335,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "per_class": ((dict,), False),
     "class_names": ((list,), False),
     "confusion": ((dict,), False),
+    "curves": ((dict,), False),
     "effective_batch_size": ((int, type(None)), False),
     "world_size": ((int,), False),
     "deterministic": ((bool,), False),
@@ -387,6 +391,10 @@ def validate_record(data: Any, source: str = "run record") -> None:
         problem = confusion_problem(matrix, len(data.get("class_names") or ()) or None)
         if problem:
             fail(f"confusion '{key}' {problem}")
+    for key, points in data.get("curves", {}).items():
+        problem = curve_problem(points)
+        if problem:
+            fail(f"curve '{key}' {problem}")
     fingerprint = data["dataset_identity"].get("fingerprint")
     if not isinstance(fingerprint, str):
         fail("dataset_identity.fingerprint must be a string")
@@ -411,6 +419,19 @@ def confusion_problem(matrix: Any, size: int | None = None) -> str | None:
     return None
 
 
+def curve_problem(points: Any) -> str | None:
+    """What is wrong with a curve read from a record (None when it is a list of ``[step, number or null]`` pairs,
+    steps positive integers in increasing order)."""
+    if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
+        return "must be a list of [step, value] pairs"
+    steps = [p[0] for p in points]
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(set(steps)):
+        return "must have increasing positive integer steps"
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBER)) for _, v in points):
+        return "must have numbers (or null) as values"
+    return None
+
+
 def _parse_time(stamp: str) -> datetime | None:
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
@@ -420,6 +441,7 @@ def _parse_time(stamp: str) -> datetime | None:
 
 __all__ = [
     "CONFIG_ID_RE", "RUN_ID_RE", "RecordError", "RunRecord", "SCHEMA_VERSION", "STATUSES",
-    "base_run_id", "canonical_json", "code_versions", "collect_environment", "confusion_problem", "git_commit",
+    "base_run_id", "canonical_json", "code_versions", "collect_environment", "confusion_problem", "curve_problem",
+    "git_commit",
     "make_config_id", "make_run_id", "plugin_versions", "short_hash", "utc_now", "validate_record",
 ]
