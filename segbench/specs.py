@@ -272,6 +272,13 @@ class MetricSpec:
     ``requires_outputs`` and the dataset's annotations include all of
     ``requires_annotations``. ``primary`` names the key of ``compute()``
     shown in leaderboards.
+
+    A metric's options enter ``config_id``. ``late`` marks a metric added
+    after records of the runs it applies to existed: at its default options it
+    stays out of the id, so those runs keep their ids (their records simply
+    lack its values). ``late_options`` names options added later, each with
+    its neutral value (the one that computes as before), left out of the id
+    at that value, as :attr:`MethodSpec.late_options`.
     """
 
     name: str
@@ -282,6 +289,8 @@ class MetricSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     plugin: str = ""
+    late: bool = False
+    late_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "requires_outputs", _frozen(self.requires_outputs))

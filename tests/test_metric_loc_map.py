@@ -34,7 +34,8 @@ def loc_map(**options):
 def test_spec_options_and_primary():
     spec = segbench.plugins.get_registry().metric("loc_map")
     assert spec.options == {"num_classes": None, "background": None, "variant": "voc12",
-                            "tolerance": 18, "point": "max"}
+                            "tolerance": 18, "point": "max", "confidence": "map_max"}
+    assert spec.late_options == {"confidence": "map_max"}
     assert spec.primary == "loc_map"
     assert spec.requires_outputs == {"score_maps"} and spec.requires_annotations == {"boxes"}
 
@@ -271,3 +272,34 @@ def test_score_maps_of_another_size_than_the_image_are_refused_outside_the_engin
     full = torch.nn.functional.interpolate(maps[None], size=(375, 500), mode="bilinear")[0]
     metric.update([{"score_maps": full}], [{"boxes": boxes, "classes": torch.tensor([1])}])
     assert metric.compute()["loc_map"] == 1.0
+
+
+def test_confidence_image_score_ranks_by_the_image_score_and_keeps_the_point():
+    # class 0 in both images; image A's point hits, image B's misses. By map maximum B ranks first (a false
+    # positive above the true one); by image score A ranks first. Two positives, one ever recalled: raw AP is
+    # 1/2 x precision at A's rank, 0.5 x 1/2 = 0.25 by map, 1 x 1/2 = 0.5 by score. The points are the same.
+    maps_a, maps_b = peak_maps(1, 8, 8, {0: (1, 1, 2.0)}), peak_maps(1, 8, 8, {0: (6, 6, 9.0)})
+    predictions = [{"score_maps": maps_a, "scores": torch.tensor([0.9])},
+                   {"score_maps": maps_b, "scores": torch.tensor([0.1])}]
+    targets = [target([[0, 0, 3, 3]], [0]), target([[0, 0, 3, 3]], [0])]
+    by_map, by_score = loc_map(tolerance=0, variant="raw"), loc_map(tolerance=0, variant="raw",
+                                                                     confidence="image_score")
+    for m in (by_map, by_score):
+        m.update(predictions, targets)
+    assert by_map.state_tensors()["hit"].tolist() == by_score.state_tensors()["hit"].tolist() == [[True], [False]]
+    assert by_map.compute()["loc_map"] == pytest.approx(0.25)
+    assert by_score.compute()["loc_map"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="confidence must be one of map_max, image_score, got 'max'"):
+        loc_map(confidence="max")
+    with pytest.raises(DataError, match="confidence=image_score needs 1 image scores per prediction, got \\[2\\]"):
+        loc_map(confidence="image_score").update([{"score_maps": maps_a, "scores": torch.ones(2)}], targets[:1])
+
+
+def test_late_metric_options_and_late_metrics_keep_old_config_ids():
+    from segbench.engine.config import identity_dict
+
+    old = {"train": {}, "metrics": {"loc_map": {"tolerance": 4, "variant": "voc12"}}}
+    same = {"train": {}, "metrics": {"loc_map": {"tolerance": 4, "variant": "voc12", "confidence": "map_max"}}}
+    assert identity_dict(same) == identity_dict(old)
+    changed = {"train": {}, "metrics": {"loc_map": {"tolerance": 4, "variant": "voc12", "confidence": "image_score"}}}
+    assert identity_dict(changed)["metrics"]["loc_map"]["confidence"] == "image_score"

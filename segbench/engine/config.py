@@ -148,6 +148,8 @@ def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
     dataset's ``path_options`` (:attr:`DatasetSpec.path_options`: files and folders, whose contents the dataset
     fingerprints identify) are left out when set, so the same files at another path give the same id."""
     out = dict(config)
+    if out.get("metrics"):
+        out["metrics"] = metrics_identity(out["metrics"])
     if path_options and "data" in out:
         out["data"] = {k: v for k, v in out["data"].items() if not (k in path_options and v is not None)}
     if "train" in out:
@@ -159,6 +161,25 @@ def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
         out["model"] = {k: v for k, v in out["model"].items() if not (k in late_options and v == late_options[k])}
     if renamed_options and "model" in out:
         out["model"] = {renamed_options.get(k, k): v for k, v in out["model"].items()}
+    return out
+
+
+def metrics_identity(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The metric options as they enter ``config_id``: a ``late`` metric (:attr:`MetricSpec.late`) at its default
+    options and each metric's ``late_options`` at their neutral value are left out, so older ids stay."""
+    from segbench.plugins import get_registry
+
+    registry = get_registry().metrics
+    out: dict[str, Any] = {}
+    for name, options in metrics.items():
+        spec = registry.get(name)
+        if spec is None:
+            out[name] = options
+            continue
+        if spec.late and all(options.get(k) == v for k, v in spec.options.items() if k not in ENGINE_FILLED):
+            continue
+        out[name] = {k: v for k, v in options.items()
+                     if not (k in spec.late_options and v == spec.late_options[k])}
     return out
 
 

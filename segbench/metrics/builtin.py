@@ -82,7 +82,9 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
         requires_outputs={"score_maps"},
         requires_annotations={"boxes"},
         primary="loc_map",
-        options={"num_classes": None, "background": None, "variant": "voc12", "tolerance": 18, "point": "max"},
+        options={"num_classes": None, "background": None, "variant": "voc12", "tolerance": 18, "point": "max",
+                 "confidence": "map_max"},
+        late_options={"confidence": "map_max"},  # added in session 6: older ids stay
         description="pointing localization mAP of Oquab et al. 2015 (score-map maximum in a box +- tolerance px)",
     ))
     register(MetricSpec(

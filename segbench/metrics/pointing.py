@@ -1,7 +1,10 @@
 """``loc_map``: the pointing-based localization mAP of Oquab et al. (CVPR 2015).
 
 For every image and class the confidence is the maximum of the class's score
-map and the point is where it lies (the first maximum in row-major order).
+map (``confidence="map_max"``, Oquab's definition; ``"image_score"`` ranks by
+the method's image-level score instead, the one WELDON, WILDCAT, CAM and
+SPLeaP are trained on) and the point is where the map's maximum lies (the
+first maximum in row-major order).
 The point is a true positive when it falls inside a ground-truth box of the
 class enlarged by ``tolerance`` pixels on every side, else a false positive
 (also in images without the class). Each class ranks all images by
@@ -26,6 +29,7 @@ from segbench.metrics.average_precision import (
 )
 
 POINTS = ("max", "centre")
+CONFIDENCES = ("map_max", "image_score")
 
 
 class PointingMAP(RowMetric):
@@ -42,14 +46,19 @@ class PointingMAP(RowMetric):
         variant: str = "voc12",
         tolerance: float = 18,
         point: str = "max",
+        confidence: str = "map_max",
     ) -> None:
         self.variant = check_variant(variant, self.name)
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
             raise ConfigError(f"metric 'loc_map': tolerance must be a number of pixels >= 0, got {tolerance!r}")
         if point not in POINTS:
             raise ConfigError(f"metric 'loc_map': point must be one of {', '.join(POINTS)}, got {point!r}")
+        if confidence not in CONFIDENCES:
+            raise ConfigError(f"metric 'loc_map': confidence must be one of {', '.join(CONFIDENCES)}, "
+                              f"got {confidence!r}")
         self.tolerance = float(tolerance)
         self.point = point
+        self.confidence = confidence
         super().__init__(num_classes, background)
 
     def update(self, predictions: list[dict], targets: list[dict]) -> None:
@@ -78,6 +87,12 @@ class PointingMAP(RowMetric):
         else:
             conf, index = (torch.stack(v) for v in zip(*(first_maximum(m) for m in maps)))
         conf, index = conf.cpu().to(torch.float64), index.cpu()
+        if self.confidence == "image_score":  # rank by the method's own image score; the point stays the maximum
+            scores = [get_tensor(p, "scores", "prediction", self.name).reshape(-1) for p in predictions]
+            if any(s.numel() != conf.shape[1] for s in scores):
+                raise DataError(f"metric 'loc_map': confidence=image_score needs {conf.shape[1]} image scores per "
+                                f"prediction, got {sorted({s.numel() for s in scores})}")
+            conf = torch.stack(scores).detach().cpu().to(torch.float64)
         self._set_num_classes(conf.shape[1])
         if torch.isnan(conf).any():
             raise DataError("metric 'loc_map': score_maps contain NaN")
