@@ -1,4 +1,5 @@
-"""The built-in metric plugin: registers ``miou``, ``cls_map``, ``loc_map``, ``coco_ap`` and ``accuracy``.
+"""The built-in metric plugin: ``miou``, ``cls_map``, ``loc_map``, ``coco_ap``, ``trimap``, ``accuracy``,
+``max_box_acc``, ``pxap`` and ``pointing_game``.
 
 Registration imports no torch; each ``build`` imports its implementation.
 Definitions: ``docs/metrics.md``.
@@ -52,6 +53,37 @@ def build_accuracy(**options: Any):
     from segbench.metrics.accuracy import Accuracy
 
     return Accuracy(**options)
+
+
+def _lazy(module: str, cls: str) -> Callable[..., Any]:
+    """A ``build`` that imports ``segbench.metrics.<module>`` only when called and builds ``cls``."""
+    def build(**options: Any):
+        import importlib
+
+        return getattr(importlib.import_module(f"segbench.metrics.{module}"), cls)(**options)
+
+    build.__name__ = f"build_{cls}"
+    build.__doc__ = f"Build :class:`segbench.metrics.{module}.{cls}`."
+    return build
+
+
+build_max_box_acc = _lazy("wsol_boxes", "MaxBoxAcc")
+build_pxap = _lazy("wsol_pixels", "PixelAP")
+build_pointing_game = _lazy("pointing_game", "PointingGame")
+
+# Weakly supervised localization metrics, scored from the score maps: (name, build, annotation, options, description)
+WSOL_METRICS = (
+    ("max_box_acc", build_max_box_acc, "boxes",
+     {"cam_curve_interval": 0.01, "iou_thresholds": [30, 50, 70], "cam_threshold": None},
+     "MaxBoxAcc and MaxBoxAccV2 of Choe et al. 2020 (best CAM threshold, box of the largest / every 8-connected "
+     "component), GT-known and top-1 localization"),
+    ("pxap", build_pxap, "mask", {"bins": 1000, "ignore_index": 255},
+     "pixel average precision PxAP of Choe et al. 2020 (per image and class, normalised maps, fixed-bin "
+     "histograms) and the best pixel IoU pxap@best_iou"),
+    ("pointing_game", build_pointing_game, "boxes", {"tolerance": 15, "subset": "all"},
+     "pointing game of Zhang et al. 2016 (score-map maximum within tolerance px of the class's boxes or instance "
+     "masks), mean per-class accuracy; subset all or difficult"),
+)
 
 
 @hookimpl
@@ -118,3 +150,7 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
         description="mIoU within w px of ground-truth label boundaries (void counts as a label), per width "
                     "(trimap_miou@wW) and their mean (DeepLab's trimap experiment)",
     ))
+    for name, build, annotation, options, description in WSOL_METRICS:
+        register(MetricSpec(name=name, build=build, requires_outputs={"score_maps"},
+                            requires_annotations={annotation}, primary=name,
+                            options={"num_classes": None, "background": None, **options}, description=description))
