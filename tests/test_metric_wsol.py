@@ -73,6 +73,17 @@ def test_spec_options_and_keys():
         assert registry.metric(name).requires_outputs == {"score_maps"}
 
 
+def test_added_metrics_at_their_defaults_leave_config_ids_alone():
+    from segbench.engine.config import metrics_identity
+
+    registry = segbench.plugins.get_registry()
+    options = {name: {**registry.metric(name).options, "num_classes": 7, "background": 0}
+               for name in ("max_box_acc", "pxap", "pointing_game")}
+    assert metrics_identity({"miou": {"num_classes": 7}, **options}) == {"miou": {"num_classes": 7}}
+    options["pxap"]["bins"] = 100
+    assert set(metrics_identity(options)) == {"pxap"}
+
+
 def test_largest_component_is_chosen_and_v2_matches_any_component():
     # blob A: 2 x 2 at rows 1-2, columns 1-2; blob B: 4 x 5 at rows 5-8, columns 4-8 (the largest)
     maps = maps_of(3, 10, 10, {1: [(slice(1, 3), slice(1, 3), 1.0), (slice(5, 9), slice(4, 9), 1.0)]})

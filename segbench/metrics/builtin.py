@@ -152,5 +152,5 @@ def register_metrics(register: Callable[[MetricSpec], None]) -> None:
     ))
     for name, build, annotation, options, description in WSOL_METRICS:
         register(MetricSpec(name=name, build=build, requires_outputs={"score_maps"},
-                            requires_annotations={annotation}, primary=name,
+                            requires_annotations={annotation}, primary=name, late=True,  # older ids stay
                             options={"num_classes": None, "background": None, **options}, description=description))
