@@ -9,7 +9,7 @@ masks where the target has ``masks``, else of its boxes
 (``datasets.py:98-125``). Per class accuracy is hits / (hits + misses); the
 metric is their mean over the classes with a sample. ``subset="difficult"``
 keeps only samples whose region covers less than a quarter of the image in
-images with another class (Zhang et al., Sec. 4.1). The state is hit and miss
+images with another class (Zhang et al.'s "difficult" set). The state is hit and miss
 counts per class, summed across ranks.
 """
 

@@ -4,9 +4,9 @@ Per sample (image, class present in its ``mask``) the class map is min-max
 normalised (``wsol_maps``); its values at the class's pixels (foreground)
 and at the image's other non-void pixels (background) go to two histograms
 with bin edges ``[0, 1/bins, ..., (bins-1)/bins, 1, 2, 3]`` (wsolevaluation
-``MaskEvaluator``, ``evaluation.py:348-353, 367-381``). ``compute`` turns the
+``MaskEvaluator``, ``evaluation.py:348-353, 356-380``). ``compute`` turns the
 summed histograms into precision and recall at every bin edge
-(``evaluation.py:383-416``). Memory: two int64 vectors of ``bins + 2``,
+(``evaluation.py:382-416``). Memory: two int64 vectors of ``bins + 2``,
 whatever the number of images; they are summed across ranks.
 """
 
