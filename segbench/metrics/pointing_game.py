@@ -114,14 +114,15 @@ class PointingGame:
         for m, t in zip(maps, targets):
             c_all, size = m.shape[0], (m.shape[1], m.shape[2])
             self._set_num_classes(c_all)
-            if torch.isnan(m).any():
-                raise DataError("metric 'pointing_game': score_maps contain NaN")
             boxes, classes = target_boxes(t, self.name)
             others = {int(k) for k in classes if k != self.background}  # distractors: any other object class
             present = box_classes(t, self.name, c_all, self.background)
             if not present:
                 continue
-            _, index = first_maximum(m[present])
+            scored = m[present]
+            if torch.isnan(scored).any():
+                raise DataError("metric 'pointing_game': score_maps contain NaN")
+            _, index = first_maximum(scored)
             for c, flat in zip(present, index.tolist()):
                 region = region_of(t, c, boxes, classes, size, self.name)
                 if self.subset == "difficult" and not (region.mean() < DIFFICULT_AREA and others - {c}):
