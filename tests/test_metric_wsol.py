@@ -387,3 +387,45 @@ def test_cli_run_records_the_wsol_metrics(tmp_path):
     record = json.loads(outcome.path.read_text())
     assert {"max_box_acc", "max_box_acc_v2", "max_box_acc_v2@iou50", "gt_known_loc", "pxap", "pxap@best_iou",
             "pointing_game"} <= set(record["metrics"])
+
+
+def test_pxap_equals_the_reference_histograms_off_the_grid():
+    # wsolevaluation MaskEvaluator (evaluation.py:348-416): np.histogram with edges arange(0, 1, 1/bins) + [1, 2, 3]
+    g = torch.Generator().manual_seed(4)
+    maps, targets, y_true, y_score = pxap_data(8, g)
+    edges = np.append(np.arange(0, 1, 1 / 1000), [1.0, 2.0, 3.0])
+    fg = np.histogram(y_score[y_true], bins=edges)[0].astype(float)
+    bg = np.histogram(y_score[~y_true], bins=edges)[0].astype(float)
+    tp, fp = fg[::-1].cumsum(), bg[::-1].cumsum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = tp / (tp + fp), tp / fg.sum()
+    expected = (precision[1:] * np.diff(recall))[(tp + fp)[1:] != 0].sum()
+    m = metric("pxap", background=0, bins=1000)
+    m.update([{"score_maps": x} for x in maps], targets)
+    assert m.compute()["pxap"] == pytest.approx(expected, abs=1e-12)
+    assert m.compute()["pxap@best_iou"] == pytest.approx((tp / (fg.sum() + fp)).max(), abs=1e-12)
+
+
+def test_pointing_game_equals_torchray_acceptance_regions():
+    # TorchRay PointingGame.evaluate (pointing_game.py:76-85): a disc of squared radius < tol**2 around the point
+    g = torch.Generator().manual_seed(5)
+    for trial in range(30):
+        h, w, tol = 20, 24, float(torch.randint(1, 8, (1,), generator=g))
+        maps = torch.rand(3, h, w, generator=g)
+        masks = torch.rand(2, h, w, generator=g) > 0.97
+        t = target([[0, 0, 4, 4], [10, 10, 14, 14]], [1, 2], masks=masks) if trial % 2 else \
+            target(torch.randint(0, 12, (2, 2), generator=g).float().repeat(1, 2).add(
+                torch.tensor([0.0, 0.0, 6.0, 5.0])).tolist(), [1, 2])
+        m = metric("pointing_game", tolerance=tol, background=0)
+        m.update([{"score_maps": maps}], [t])
+        for k, c in enumerate((1, 2)):
+            if trial % 2:
+                region = masks[k]
+            else:
+                region = torch.zeros(h, w, dtype=torch.bool)
+                x1, y1, x2, y2 = (int(v) for v in t["boxes"][k])
+                region[y1:y2, x1:x2] = True
+            row, col = divmod(int(maps[c].flatten().argmax()), w)
+            v, u = torch.meshgrid((torch.arange(h) - row) ** 2, (torch.arange(w) - col) ** 2, indexing="ij")
+            hit = bool((region & ((v + u) < tol ** 2)).any())
+            assert int(m.hits[c]) == int(hit) and int(m.misses[c]) == int(not hit), (trial, c)
