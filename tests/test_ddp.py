@@ -177,4 +177,7 @@ def test_two_gloo_processes_evaluate_exactly_like_one_and_train(tmp_path):
     assert int(confusion.sum()) == int(torch.tensor(one.record["confusion"]["miou"]).sum()) > 0
     assert confusion.sum(1).tolist() == torch.tensor(one.record["confusion"]["miou"]).sum(1).tolist()  # same truth
     files = sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert files == [f"{run['run_id']}.json", f"{run['run_id']}.safetensors"]  # rank 0 alone wrote; no checkpoints left
+    assert files == [f"{run['run_id']}.json", f"{run['run_id']}.log.csv",
+                     f"{run['run_id']}.safetensors"]  # rank 0 alone wrote; no checkpoints left
+    again = evaluate_run(run["run_id"], runs=tmp_path / "two", progress=False)["metrics"]
+    assert {k: v for k, v in run["metrics"].items() if k in again} == again  # rank 0's buffers were scored

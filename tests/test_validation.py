@@ -85,8 +85,7 @@ def test_another_val_split_is_validated_without_a_warning(tmp_path):
 
 @pytest.mark.parametrize("sets, message", [
     (["select=coco_ap", "eval_every=2"],
-     "Error: select=coco_ap is not a metric of weldon on shapes; it has accuracy, cls_map, loc_map, miou, trimap "
-     "(all higher-is-better)"),
+     "Error: select=coco_ap is not a metric of weldon on shapes; it has {metrics} (all higher-is-better)"),
     (["select=miou"], "Error: val_split and select choose what validation does: set eval_every=N (steps) too"),
     (["val_split=nope", "eval_every=2"], "Error: dataset 'shapes' has no split 'nope' to validate on; "
                                           "splits: train, val, test"),
@@ -95,7 +94,12 @@ def test_another_val_split_is_validated_without_a_warning(tmp_path):
 def test_bad_validation_settings_are_one_line_errors(capsys, tmp_path, sets, message):
     args = [a for s in sets for a in ("--set", s)]
     code, _, err = run_cli(capsys, "run", "-m", "weldon", "--set", "steps=2", *args, "--runs-dir", str(tmp_path))
-    assert code != 0 and err.strip() == message
+    from segbench.engine.run import applicable_metrics, postprocess_chain
+
+    registry = get_registry()
+    method, shapes = registry.method("weldon"), registry.dataset("shapes")
+    metrics = applicable_metrics(method, shapes, registry, None, postprocess_chain(method, shapes, registry)[1])
+    assert code != 0 and err.strip() == message.format(metrics=", ".join(sorted(metrics)))
     assert not list(tmp_path.glob("*.json"))
 
 
@@ -167,3 +171,12 @@ def test_records_with_bad_curves_do_not_load(tmp_path, curves, problem):
         RunRecord.from_dict(record.to_dict(), "r")
     old = {k: v for k, v in record.to_dict().items() if k != "curves"}
     assert RunRecord.from_dict(old).curves == {}  # older records have none
+
+
+def test_with_ema_the_moving_average_is_validated_selected_and_saved(tmp_path):
+    outcome, _ = _run(tmp_path, eval_every=2, select="miou", ema=0.5)
+    record = outcome.record
+    best = max(v for _, v in record["curves"]["val/miou"])
+    assert record["validation"]["value"] == best == record["metrics"]["miou"]  # the saved best is what is scored
+    plain, _ = _run(tmp_path / "plain", eval_every=2, select="miou")
+    assert record["curves"]["val/miou"] != plain.record["curves"]["val/miou"]  # the average, not the weights

@@ -384,7 +384,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     from segbench.engine.signals import stop_on_signals
     from segbench.engine.steplog import LoggerHooks, StepLog, log_path
     from segbench.engine.train import train
-    from segbench.engine.validation import build_validation, use_chosen
+    from segbench.engine.validation import build_validation, share_buffers, use_chosen
     from segbench.metrics.confusion import confusion_matrices
     from segbench.results.record import RunRecord, code_versions, collect_environment, make_config_id, make_run_id
 
@@ -546,6 +546,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
                                       workers=config.train.workers, sampler=eval_sampler)
             evaluated = trained.ema.module if trained.ema is not None else model  # ema: the average is scored
+            share_buffers(evaluated, dist)  # DDP: every process scores rank 0's statistics, the saved ones
             result = evaluate(evaluated, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
                               amp=config.train.amp, eval_size=config.train.eval_size,
                               channels_last=config.train.channels_last, progress=progress, postprocessors=post,

@@ -76,6 +76,7 @@ class Validation:
     score: Callable[[Any], dict[str, float]]
     directory: Path  # the run's checkpoint directory: where the best weights go
     write: bool = True  # this process writes the best weights (rank 0)
+    dist: Any = None  # DistInfo: under data parallelism every process scores rank 0's buffers
     curves: dict[str, list[list]] = field(default_factory=dict)
     best_value: float | None = None
     best_step: int | None = None
@@ -88,6 +89,7 @@ class Validation:
 
     def __call__(self, step: int, module: Any) -> dict[str, float]:
         """Score ``module`` at ``step``: the curves grow, and with ``select`` a better value writes its weights."""
+        share_buffers(module, self.dist)
         metrics = self.score(module)
         for key, value in metrics.items():
             self.curves.setdefault(f"val/{key}", []).append([step, _finite(value)])
@@ -173,7 +175,22 @@ def build_validation(*, config: Any, dataset_spec: Any, metric_specs: Mapping[st
 
     select = selectable(metric_specs).get(train.select, "") if train.select else ""
     os.makedirs(directory, exist_ok=True)
-    return Validation(train.eval_every, chosen, select, score, Path(directory), write=dist.is_main)
+    return Validation(train.eval_every, chosen, select, score, Path(directory), write=dist.is_main, dist=dist)
+
+
+def share_buffers(module: Any, dist: Any) -> None:
+    """Rank 0's buffers (batch-norm statistics) on every process: the weights it saves are those scored.
+
+    DDP broadcasts rank 0's buffers at the start of each forward, so each
+    process's own statistics of its last batch never reach training: this
+    changes no step, only what an evaluation between steps sees.
+    """
+    if dist is None or not dist.enabled:
+        return
+    import torch.distributed
+
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def use_chosen(validation: Validation | None, module: Any, last_path: Path, dist: Any) -> str | None:
