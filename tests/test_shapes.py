@@ -41,8 +41,9 @@ def test_registered_through_the_builtin_plugin():
     assert spec.background == 0 and not spec.needs_root
     assert spec.splits == ("train", "val", "test") and (spec.train_split, spec.eval_split) == ("train", "val")
     assert spec.annotations == {"labels", "mask", "boxes", "classes", "masks", "iscrowd"}
-    assert spec.metric_defaults_for(spec.options) == {"loc_map": {"tolerance": 4}}
-    assert spec.metric_defaults_for({"image_size": 64}) == {"loc_map": {"tolerance": 3}}
+    assert spec.metric_defaults_for(spec.options) == {"loc_map": {"tolerance": 4}, "pointing_game": {"tolerance": 3}}
+    assert spec.metric_defaults_for({"image_size": 64}) == {"loc_map": {"tolerance": 3},
+                                                            "pointing_game": {"tolerance": 2}}
     for key in ("image_size", "num_train", "num_val", "num_test", "seed", "min_objects", "max_objects", "void_width"):
         assert key in spec.options
     assert (spec.options["image_size"], spec.options["num_train"], spec.options["void_width"]) == (96, 2000, 1)
@@ -60,7 +61,20 @@ def test_pointing_tolerance_scales_with_image_size(size, expected):
 
 
 def test_dataset_reports_its_scaled_tolerance():
-    assert ShapesDataset("val", image_size=192, num_val=1).metric_defaults == {"loc_map": {"tolerance": 8}}
+    assert ShapesDataset("val", image_size=192, num_val=1).metric_defaults == {"loc_map": {"tolerance": 8},
+                                                                               "pointing_game": {"tolerance": 7}}
+
+
+def test_a_late_metric_at_the_datasets_defaults_keeps_the_config_id():
+    from segbench.engine.config import identity_dict
+
+    base = {"dataset": "shapes", "data": {"image_size": 96}, "train": {}, "metrics": {"loc_map": {"tolerance": 4}}}
+    with_game = {**base, "metrics": {**base["metrics"], "pointing_game": {
+        "num_classes": None, "background": None, "tolerance": 3, "subset": "all"}}}
+    assert identity_dict(with_game) == identity_dict(base)  # shapes' own 3 px at 96 px is the default here
+    changed = {**base, "metrics": {**base["metrics"], "pointing_game": {
+        "num_classes": None, "background": None, "tolerance": 15, "subset": "all"}}}
+    assert identity_dict(changed)["metrics"]["pointing_game"]["tolerance"] == 15
 
 
 def test_create_dataset_passes_options():

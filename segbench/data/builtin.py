@@ -32,8 +32,16 @@ SHAPES_OPTIONS: dict[str, Any] = {
 
 
 def shapes_metric_defaults(options) -> dict:
-    """Metric defaults for shapes at the resolved options: the pointing tolerance scales with the image."""
-    return {"loc_map": {"tolerance": shapes_pointing_tolerance(options.get("image_size", SHAPES_OPTIONS["image_size"]))}}
+    """Metric defaults for shapes at the resolved options: the pointing tolerances scale with the image."""
+    size = options.get("image_size", SHAPES_OPTIONS["image_size"])
+    return {"loc_map": {"tolerance": shapes_pointing_tolerance(size)},
+            "pointing_game": {"tolerance": shapes_pointing_game_tolerance(size)}}
+
+
+def shapes_pointing_game_tolerance(image_size: int) -> int:
+    """The pointing game's tolerance on ``shapes``: Zhang et al.'s 15 px scaled as ``loc_map``'s 18 px is
+    (:func:`shapes_pointing_tolerance`): ``image_size * 4 / 96 * 15 / 18`` rounded, at least 1 (3 px at 96 px)."""
+    return max(1, int(image_size * 4 / 96 * 15 / 18 + 0.5))
 
 
 def shapes_pointing_tolerance(image_size: int) -> int:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from segbench.data.builtin import SHAPES_CLASSES, SHAPES_OPTIONS, shapes_pointing_tolerance
+from segbench.data.builtin import SHAPES_CLASSES, SHAPES_OPTIONS, shapes_metric_defaults, shapes_pointing_tolerance
 from segbench.errors import ConfigError, DataError
 
 __all__ = [
@@ -542,8 +542,8 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     @property
     def metric_defaults(self) -> dict[str, dict[str, Any]]:
-        """Metric options that depend on this dataset's options (the pointing tolerance)."""
-        return {"loc_map": {"tolerance": pointing_tolerance(self.options["image_size"])}}
+        """Metric options that depend on this dataset's options (the pointing tolerances)."""
+        return shapes_metric_defaults(self.options)
 
     @property
     def fingerprint(self) -> str:

@@ -149,7 +149,7 @@ def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
     fingerprints identify) are left out when set, so the same files at another path give the same id."""
     out = dict(config)
     if out.get("metrics"):
-        out["metrics"] = metrics_identity(out["metrics"])
+        out["metrics"] = metrics_identity(out["metrics"], out.get("dataset"), out.get("data") or {})
     if path_options and "data" in out:
         out["data"] = {k: v for k, v in out["data"].items() if not (k in path_options and v is not None)}
     if "train" in out:
@@ -164,19 +164,25 @@ def identity_dict(config: Mapping[str, Any], init_identity: str | None = None,
     return out
 
 
-def metrics_identity(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def metrics_identity(metrics: Mapping[str, Mapping[str, Any]], dataset: str | None = None,
+                     data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metric options as they enter ``config_id``: a ``late`` metric (:attr:`MetricSpec.late`) at its default
-    options and each metric's ``late_options`` at their neutral value are left out, so older ids stay."""
+    options (the metric's, then ``dataset``'s metric defaults for its ``data`` options) and each metric's
+    ``late_options`` at their neutral value are left out, so older ids stay."""
     from segbench.plugins import get_registry
 
-    registry = get_registry().metrics
+    registry = get_registry()
+    dataset_spec = registry.datasets.get(dataset) if dataset else None
+    dataset_defaults = dataset_spec.metric_defaults_for({**dataset_spec.options, **(data or {})}) \
+        if dataset_spec is not None else {}
     out: dict[str, Any] = {}
     for name, options in metrics.items():
-        spec = registry.get(name)
+        spec = registry.metrics.get(name)
         if spec is None:
             out[name] = options
             continue
-        if spec.late and all(options.get(k) == v for k, v in spec.options.items() if k not in ENGINE_FILLED):
+        defaults = {**spec.options, **dataset_defaults.get(name, {})}
+        if spec.late and all(options.get(k) == v for k, v in defaults.items() if k not in ENGINE_FILLED):
             continue
         out[name] = {k: v for k, v in options.items()
                      if not (k in spec.late_options and v == spec.late_options[k])}
