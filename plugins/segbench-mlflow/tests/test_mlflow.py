@@ -76,3 +76,38 @@ def test_metric_histories_are_the_step_scalars(logged):
         assert steps == [s for s, _ in record["curves"][curve]]
         assert values == pytest.approx([v for _, v in record["curves"][curve]])
     assert history("lr")[0] == [2, 4]
+
+
+def test_a_resumed_run_logs_into_the_same_mlflow_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from segbench import hookimpl
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("SEGBENCH_MLFLOW_URI", uri)
+    settings = {**TINY, "eval_every": 0, "log_every": 1, "checkpoint_every": 2}
+
+    @hookimpl
+    def run_step(run, step, scalars):
+        if step == 3:
+            raise KeyboardInterrupt("stopped at step 3")
+
+    registry = get_registry()
+    registry.register_plugin(SimpleNamespace(run_step=run_step), "stopper")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("weldon", "shapes", overrides=settings, runs=tmp_path / "runs", progress=False)
+    finally:
+        registry.pm.unregister(name="stopper")
+        registry.plugins.pop("stopper")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("segbench")
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["KILLED"]
+    outcome = run_experiment("weldon", "shapes", overrides=settings, runs=tmp_path / "runs", progress=False)
+    found = client.search_runs([experiment.experiment_id])
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    assert found[0].data.tags["segbench.run_id"] == outcome.record["run_id"]
+    steps = [m.step for m in client.get_metric_history(found[0].info.run_id, "loss_smoothed")]
+    assert steps == [1, 2, 3, 4]  # stopped before logging 3; resumed from 2

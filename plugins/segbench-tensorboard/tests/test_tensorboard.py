@@ -63,3 +63,31 @@ def test_the_directory_can_be_chosen(tmp_path, monkeypatch):
                              progress=False)
     _, scalars = _scalars(tmp_path / "tb" / outcome.record["run_id"])
     assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_shows_each_step_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from segbench import hookimpl
+
+    monkeypatch.setenv("SEGBENCH_LOGGERS", "tensorboard")
+    settings = {**TINY, "eval_every": 0, "checkpoint_every": 2}
+
+    @hookimpl
+    def run_step(run, step, scalars):  # called before the TensorBoard plugin's (registered later, called first)
+        if step == 4:
+            raise KeyboardInterrupt("stopped at step 4")
+
+    registry = get_registry()
+    registry.register_plugin(SimpleNamespace(run_step=run_step), "stopper")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("weldon", "shapes", overrides=settings, runs=tmp_path, progress=False)
+    finally:
+        registry.pm.unregister(name="stopper")
+        registry.plugins.pop("stopper")
+    outcome = run_experiment("weldon", "shapes", overrides=settings, runs=tmp_path, progress=False)
+    assert outcome.record["resumes"][0]["step"] == 2
+    _, scalars = _scalars(tmp_path / "tensorboard" / outcome.record["run_id"])
+    assert [s for s, _ in scalars["loss_smoothed"]] == [1, 2, 3, 4]  # step 3 of the first attempt purged
+    assert [v for _, v in scalars["loss_smoothed"]] == pytest.approx([v for _, v in outcome.record["curves"]["loss"]])
