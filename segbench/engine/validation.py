@@ -164,6 +164,8 @@ def build_validation(*, config: Any, dataset_spec: Any, metric_specs: Mapping[st
                                 | {"labels", "labels_ignore"})
         if len(data) == 0:
             raise ConfigError(f"dataset '{dataset_spec.name}': the validation split '{chosen}' is empty")
+        if train.workers and hasattr(data, "materialize"):  # generate once, not once per loader worker
+            data.materialize()
     metrics = metric_objects(metric_specs, config, dataset_spec, data)
     loader = make_loader(data, train.eval_batch_size, shuffle=False, seed=seed, workers=train.workers,
                          sampler=ShardedEvalSampler(len(data), train.eval_batch_size, dist.rank, dist.world_size))
