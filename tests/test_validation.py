@@ -76,7 +76,7 @@ def test_config_ids_do_not_change_at_eval_every_0(tmp_path):
 
 
 def test_another_val_split_is_validated_without_a_warning(tmp_path):
-    outcome, messages = _run(tmp_path, eval_every=3, val_split="test", select="cls_map")
+    outcome, messages = _run(tmp_path, eval_every=3, val_split="test", select="cls_map", num_test=4)
     assert outcome.record["validation"]["split"] == "test"
     assert not any("validating on" in m for m in messages)
     # validated on another split: the reported value is the evaluation split's, not the validation's
