@@ -76,7 +76,7 @@ def bare_rate(method: str, steps: int) -> float:
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer, scheduler = build_optimizer(model, train), None
+    optimizer = build_optimizer(model, train)
     scheduler = build_scheduler(optimizer, train)
     mean = torch.tensor(shapes.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(shapes.std).view(1, 3, 1, 1) * 255

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
-LOGGER_HOOKS = ("run_started", "run_step", "run_finished")
 ENV_LOGGERS = "SEGBENCH_LOGGERS"
 
 
