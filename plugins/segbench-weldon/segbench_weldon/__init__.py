@@ -48,9 +48,10 @@ _SP = "durandtibo/spatial-pooling.torch"  # its pooling modules
 RECIPES = [
     Recipe(
         "quick",
-        "CPU quickstart on shapes (about 1.5 minutes on 2 idle cores): tiny timm ResNet cut at stride 8, "
-        "64 px images, 4000 training images, AdamW, 1500 steps",
-        train={**SHAPES_TRAIN, "steps": 1500},
+        "CPU quickstart on shapes (under 2 minutes on 2 idle cores): tiny timm ResNet cut at stride 8, "
+        "64 px images, 4000 training images, AdamW, batch 24, 1500 steps, channels-last",
+        # batch 24 and channels-last since session 6: batch 32 took 169 s on 2 idle cores (issue 19)
+        train={**SHAPES_TRAIN, "steps": 1500, "batch_size": 24, "channels_last": True},
         model=SHAPES_MODEL,
         data={"image_size": 64, "num_train": 4000},
     ),
