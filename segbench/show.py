@@ -128,7 +128,7 @@ def predict(run: dict[str, Any], data: Any, indices, postprocessors: list[Any] |
     from segbench.engine.evaluate import predict_images
 
     train = run["record"]["config"]["train"]
-    normalize = Normalizer(run["dataset"].mean, run["dataset"].std, run["device"])
+    normalize = Normalizer(run["dataset"].mean, run["dataset"].std, run["device"], train.get("channels_last", False))
     samples = [data[index] for index in indices]
     images = [sample["image"].as_subclass(torch.Tensor) for sample in samples]
     with torch.inference_mode():

@@ -30,6 +30,10 @@ def build_run_model(method_spec: Any, num_classes: int, store: Any, record: dict
     if not weights.is_file():
         raise DataError(f"{weights}: weights of run '{record['run_id']}' are missing")
     load_weights(model, weights)
+    if record["config"].get("train", {}).get("channels_last"):  # as the run evaluated it: the same numbers
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -117,7 +121,8 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
         check_distributable(metrics, dist.world_size)
         post = postprocess_objects(chain, config, method_spec, dataset_spec)
         result = evaluate(model, loader, metrics, torch_device, dataset_spec.mean, dataset_spec.std,
-                          eval_size=train.get("eval_size", 0), progress=progress, postprocessors=post, dist=dist,
+                          eval_size=train.get("eval_size", 0), channels_last=train.get("channels_last", False),
+                          progress=progress, postprocessors=post, dist=dist,
                           tta=test_time["tta"], slide=test_time["slide"])
         if save_predictions is not None and dist.is_main:
             metrics["coco_ap"].save_predictions(save_predictions)
