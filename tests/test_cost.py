@@ -119,3 +119,19 @@ def test_leaderboard_cost_columns_come_from_the_records(tmp_path):
         build_leaderboard([base], metric="miou", columns="flops")
     with pytest.raises(Exception, match="drop --columns"):
         leaderboard(tmp_path, metric="miou", per_class=True, columns="params")
+
+
+def test_loc_map_tables_say_which_confidence_ranked_the_images():
+    from segbench.results.leaderboard import build_leaderboard
+
+    def record(run_id: str, confidence: str | None) -> RunRecord:
+        metrics = {"loc_map": {"tolerance": 4, **({"confidence": confidence} if confidence else {})}}
+        return RunRecord(run_id=run_id, config_id=run_id, status="finished", method="weldon", dataset="shapes",
+                         split="val", recipe="quick", seed=0, config={"metrics": metrics},
+                         dataset_identity={"fingerprint": "f"}, metrics={"loc_map": 0.5},
+                         created_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00")
+
+    old = build_leaderboard([record("a", None)], metric="loc_map").to_markdown()
+    assert "loc_map ranks each class's images by the class map's maximum (Oquab et al.)" in old
+    both = build_leaderboard([record("a", None), record("b", "image_score")], metric="loc_map").to_markdown()
+    assert "by the class map's maximum (Oquab et al.) or the method's image score" in both

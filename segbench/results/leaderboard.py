@@ -397,6 +397,12 @@ def build_leaderboard(
         where = ", ".join(dict.fromkeys(display_dataset(d) for d in shown))
         caption = f"Metrics on {where} {unit}: {seeds}."
     footnotes = []
+    if any(m.startswith("loc_map") for m in chosen) and not summary.empty:
+        used = {str(((cost_of[c].config.get("metrics") or {}).get("loc_map") or {}).get("confidence", "map_max"))
+                for c in summary["config_id"] if c in cost_of}
+        footnotes.append("loc_map ranks each class's images by " + " or ".join(
+            CONFIDENCE_TEXT.get(u, u) for u in [*(c for c in CONFIDENCE_TEXT if c in used),
+                                                 *sorted(used - set(CONFIDENCE_TEXT))]) + " (loc_map's confidence option).")
     if published:
         footnotes.append("Rows marked (paper) are published numbers (their split may differ; see leaderboards/"
                          "published.csv).")
@@ -410,6 +416,10 @@ def build_leaderboard(
                          "batch (batch x accumulation x processes).")
     return Leaderboard(heads=heads, columns=columns, rows=rows, cells=cells, caption=caption, footnotes=footnotes,
                        show_source=bool(published), percent=percent)
+
+
+CONFIDENCE_TEXT = {"map_max": "the class map's maximum (Oquab et al.)", "image_score": "the method's image score"}
+"""How the leaderboard names ``loc_map``'s ``confidence`` in its footnote."""
 
 
 def _cost(record: RunRecord, key: str, scale: float = 1.0) -> float | None:
