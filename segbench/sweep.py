@@ -243,9 +243,10 @@ def _same_cell(record: Any, method: str, dataset: str, split: str, recipe: str, 
     from segbench.plugins import get_registry
 
     try:
-        spec = get_registry().method(method)
-        paths = get_registry().datasets[record.dataset].path_options if record.dataset in get_registry().datasets \
-            else ()
+        registry = get_registry()
+        spec = registry.method(method)
+        dataset = registry.datasets.get(record.dataset)
+        paths = dataset.path_options if dataset is not None else ()
         mine = identity_dict(record.config, late_options=spec.late_options, renamed_options=spec.renamed_options,
                              path_options=paths)
         return canonical_json(mine) == config

@@ -163,9 +163,14 @@ def present_classes(mask: np.ndarray, num_classes: int) -> tuple[np.ndarray, lis
     """The class indices a uint8 mask holds, and its values that are neither a class nor 255, in one pass."""
     counts = np.bincount(mask.ravel(), minlength=256)
     present = np.flatnonzero(counts[:num_classes])
+    return present, _strays(counts, num_classes)
+
+
+def _strays(counts: np.ndarray, num_classes: int) -> list[int]:
+    """The values of a mask's value histogram ``counts`` (changed in place) that are neither a class nor 255."""
     counts[:num_classes] = 0
     counts[255] = 0
-    return present, np.flatnonzero(counts).tolist()
+    return np.flatnonzero(counts).tolist()
 
 
 def labels_from_classes(present: np.ndarray, num_classes: int, background: int | None) -> torch.Tensor:
@@ -312,10 +317,7 @@ def out_of_range(mask: np.ndarray, num_classes: int) -> list[int]:
             return []
     elif int(mask.max()) < num_classes:
         return []
-    counts = np.bincount(mask.ravel(), minlength=256)
-    counts[:num_classes] = 0
-    counts[255] = 0
-    return np.flatnonzero(counts).tolist()
+    return _strays(np.bincount(mask.ravel(), minlength=256), num_classes)
 
 
 def values_message(values: list[int], num_classes: int, what: str = "mask") -> str:

@@ -125,6 +125,17 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, workers: 
     )
 
 
+def make_eval_loader(dataset, batch_size: int, seed: int, workers: int, dist) -> Any:
+    """The evaluation loader of one process: its contiguous shard (:class:`ShardedEvalSampler`), in order."""
+    return make_loader(dataset, batch_size, shuffle=False, seed=seed, workers=workers,
+                       sampler=ShardedEvalSampler(len(dataset), batch_size, dist.rank, dist.world_size))
+
+
+def eval_keys(metric_specs) -> set[str]:
+    """The target keys evaluation decodes: what the metrics read, and the image labels (class-prior baseline)."""
+    return set().union(*(m.requires_annotations for m in metric_specs.values())) | {"labels", "labels_ignore"}
+
+
 def infinite(loader) -> Iterator[dict]:
     """Cycle through a loader forever, one epoch after another (each epoch reshuffled)."""
     epoch = 0

@@ -73,7 +73,7 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
     from segbench.engine.config import resolve_config
     from segbench.engine.device import resolve_device
     from segbench.engine.evaluate import evaluate
-    from segbench.engine.data import ShardedEvalSampler, make_loader
+    from segbench.engine.data import make_eval_loader
     from segbench.engine.distributed import check_distributable, setup, teardown
     from segbench.engine.run import applicable_metrics, metric_objects, postprocess_chain, postprocess_objects, runs_dir
     from segbench.plugins import get_registry
@@ -115,8 +115,7 @@ def evaluate_run(run_id: str, *, dataset: str | None = None, split: str | None =
         model = build_run_model(method_spec, dataset_spec.num_classes, store, record).to(torch_device)
         train = record["config"]["train"]
         batch_size = train.get("eval_batch_size", 16)
-        loader = make_loader(eval_set, batch_size, shuffle=False, seed=0,
-                             sampler=ShardedEvalSampler(len(eval_set), batch_size, dist.rank, dist.world_size))
+        loader = make_eval_loader(eval_set, batch_size, 0, 0, dist)
         metrics = metric_objects(specs, config, dataset_spec, eval_set)
         check_distributable(metrics, dist.world_size)
         post = postprocess_objects(chain, config, method_spec, dataset_spec)

@@ -373,8 +373,8 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     from segbench.data.checks import validate
     from segbench.engine import distributed
     from segbench.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights, state_dir
-    from segbench.engine.data import (SeededSamples, ShardedEvalSampler, TrainSampler, TrainView, make_loader,
-                                      train_transform, training_keys)
+    from segbench.engine.data import (SeededSamples, TrainSampler, TrainView, eval_keys, make_eval_loader,
+                                      make_loader, train_transform, training_keys)
     from segbench.engine.device import amp_in_effect, device_name
     from segbench.engine.evaluate import evaluate
     from segbench.engine.init import apply_init, resolve_init
@@ -396,8 +396,7 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
     eval_set = create_dataset(dataset, split, root=root, **config.data)
     validate(eval_set)  # a dataset with problems stops here, before training and before any record
     if hasattr(eval_set, "select_targets"):  # decode only what the metrics read
-        needed = set().union(*(m.requires_annotations for m in metric_specs.values())) | {"labels", "labels_ignore"}
-        eval_set.select_targets(needed)
+        eval_set.select_targets(eval_keys(metric_specs))
     identity = dataset_identity(eval_set, dataset_spec, split, config.data)
     identity["skipped"] = getattr(eval_set, "skipped", 0)
     if getattr(eval_set, "root", None) is not None:  # where the files were read (not in the id): eval/show reuse it
@@ -538,14 +537,12 @@ def _run(registry, method_spec, dataset_spec, chain, metric_specs, config, store
             trained = train(model, loader, config.train, torch_device, dataset_spec.mean, dataset_spec.std,
                             progress, resume=resume, save=save, stop=stop, dist=dist, validation=validation,
                             steplog=steplog)
-            last_weights = use_chosen(validation, trained.ema.module if trained.ema is not None else model,
-                                      record_path.with_suffix(".last.safetensors"), dist)  # select: the best
-            if dist.is_main:
-                save_weights(trained.ema.module if trained.ema is not None else model, weights_path)
-            eval_sampler = ShardedEvalSampler(len(eval_set), config.train.eval_batch_size, dist.rank, dist.world_size)
-            eval_loader = make_loader(eval_set, config.train.eval_batch_size, shuffle=False, seed=seed,
-                                      workers=config.train.workers, sampler=eval_sampler)
             evaluated = trained.ema.module if trained.ema is not None else model  # ema: the average is scored
+            last_weights = use_chosen(validation, evaluated, record_path.with_suffix(".last.safetensors"),
+                                      dist)  # select: the best
+            if dist.is_main:
+                save_weights(evaluated, weights_path)
+            eval_loader = make_eval_loader(eval_set, config.train.eval_batch_size, seed, config.train.workers, dist)
             share_buffers(evaluated, dist)  # DDP: every process scores rank 0's statistics, the saved ones
             result = evaluate(evaluated, eval_loader, metric_objs, torch_device, dataset_spec.mean, dataset_spec.std,
                               amp=config.train.amp, eval_size=config.train.eval_size,

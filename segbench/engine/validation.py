@@ -150,7 +150,7 @@ def build_validation(*, config: Any, dataset_spec: Any, metric_specs: Mapping[st
         return None
     from segbench.api import create_dataset
     from segbench.data.checks import validate
-    from segbench.engine.data import ShardedEvalSampler, make_loader
+    from segbench.engine.data import eval_keys, make_eval_loader
     from segbench.engine.evaluate import evaluate
     from segbench.engine.run import metric_objects
 
@@ -160,15 +160,13 @@ def build_validation(*, config: Any, dataset_spec: Any, metric_specs: Mapping[st
         data = create_dataset(dataset_spec.name, chosen, root=root, **config.data)
         validate(data)
         if hasattr(data, "select_targets"):
-            data.select_targets(set().union(*(m.requires_annotations for m in metric_specs.values()))
-                                | {"labels", "labels_ignore"})
+            data.select_targets(eval_keys(metric_specs))
         if len(data) == 0:
             raise ConfigError(f"dataset '{dataset_spec.name}': the validation split '{chosen}' is empty")
         if train.workers and hasattr(data, "materialize"):  # generate once, not once per loader worker
             data.materialize()
     metrics = metric_objects(metric_specs, config, dataset_spec, data)
-    loader = make_loader(data, train.eval_batch_size, shuffle=False, seed=seed, workers=train.workers,
-                         sampler=ShardedEvalSampler(len(data), train.eval_batch_size, dist.rank, dist.world_size))
+    loader = make_eval_loader(data, train.eval_batch_size, seed, train.workers, dist)
 
     def score(module) -> dict[str, float]:
         return evaluate(module, loader, metrics, device, dataset_spec.mean, dataset_spec.std, amp=train.amp,
